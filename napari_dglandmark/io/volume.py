@@ -1,0 +1,212 @@
+"""3D volumes with their physical geometry, read and written through SimpleITK.
+
+Conventions (the whole project uses them):
+- ``Volume.array`` is indexed ``[k, j, i]`` = ``(z, y, x)`` (numpy order).
+- A *voxel index* is continuous and given as ``(i, j, k)`` = ``(x, y, z)`` (SimpleITK order).
+- Physical positions are millimetres in LPS (SimpleITK / DICOM space). RAS, which
+  3D Slicer shows, is only a choice when reading or writing files.
+- ``index_to_physical`` / ``physical_to_index`` are the only index <-> mm mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DGLandmarkError
+from .atomic import atomic_path
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxel grid sits in physical LPS space."""
+
+    shape: tuple[int, int, int]  # array shape (z, y, x)
+    spacing: tuple[float, float, float]  # mm, (x, y, z)
+    origin: tuple[float, float, float]  # LPS mm of voxel index (0, 0, 0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # columns: i, j, k axes in LPS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=float).reshape(3, 3))
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Grid size in index order (x, y, z)."""
+        return tuple(int(n) for n in self.shape[::-1])
+
+    def index_to_physical(self, index: np.ndarray) -> np.ndarray:
+        """Continuous voxel index (..., 3) in (i, j, k) order -> LPS mm (..., 3)."""
+        return index_to_physical(self, index)
+
+    def physical_to_index(self, points: np.ndarray) -> np.ndarray:
+        """LPS mm (..., 3) -> continuous voxel index (..., 3) in (i, j, k) order."""
+        return physical_to_index(self, points)
+
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """The 4x4 affine taking homogeneous (i, j, k, 1) to homogeneous LPS mm."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction @ np.diag(self.spacing)
+        affine[:3, 3] = self.origin
+        return affine
+
+
+def index_to_physical(geometry: Geometry, index: np.ndarray) -> np.ndarray:
+    """Continuous voxel index (i, j, k) -> physical LPS mm; the project's one forward mapping."""
+    idx = np.asarray(index, dtype=float)
+    matrix = geometry.direction @ np.diag(geometry.spacing)
+    return idx @ matrix.T + np.asarray(geometry.origin, dtype=float)
+
+
+def physical_to_index(geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """Physical LPS mm -> continuous voxel index (i, j, k); the inverse of ``index_to_physical``."""
+    pts = np.asarray(points, dtype=float) - np.asarray(geometry.origin, dtype=float)
+    matrix = geometry.direction @ np.diag(geometry.spacing)
+    return np.linalg.solve(matrix, pts.reshape(-1, 3).T).T.reshape(pts.shape)
+
+
+def ras_to_lps(points: np.ndarray) -> np.ndarray:
+    """Flip the first two axes (RAS <-> LPS are the same operation)."""
+    out = np.array(points, dtype=float, copy=True)
+    out[..., :2] *= -1.0
+    return out
+
+
+lps_to_ras = ras_to_lps
+
+
+@dataclass
+class Volume:
+    """Voxels (z, y, x) plus geometry and where they came from."""
+
+    array: np.ndarray
+    geometry: Geometry
+    path: str | None = None
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.geometry.spacing
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return self.geometry.origin
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.geometry.direction
+
+    @property
+    def name(self) -> str:
+        """A short display name: the file name without its volume suffix."""
+        if not self.path:
+            return "volume"
+        return strip_volume_suffix(Path(self.path).name)
+
+    def index_to_physical(self, index: np.ndarray) -> np.ndarray:
+        return index_to_physical(self.geometry, index)
+
+    def physical_to_index(self, points: np.ndarray) -> np.ndarray:
+        return physical_to_index(self.geometry, points)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``case.nii.gz`` -> ``case``."""
+    lower = name.lower()
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def geometry_from_sitk(image: sitk.Image) -> Geometry:
+    """Geometry of a 3D SimpleITK image."""
+    size = image.GetSize()
+    return Geometry(
+        shape=(int(size[2]), int(size[1]), int(size[0])),
+        spacing=tuple(float(s) for s in image.GetSpacing()),
+        origin=tuple(float(o) for o in image.GetOrigin()),
+        direction=np.array(image.GetDirection(), dtype=float).reshape(3, 3),
+    )
+
+
+def volume_from_sitk(image: sitk.Image, path: str | None = None) -> Volume:
+    """Wrap a SimpleITK image, checking that it is a scalar 3D volume."""
+    where = path or "image"
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DGLandmarkError(
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar (grey-value) 3D volume is needed",
+            where,
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise DGLandmarkError(f"is a {dim}D image {tuple(image.GetSize())}; a 3D volume is needed", where)
+    if min(image.GetSize()) < 2:
+        raise DGLandmarkError(
+            f"is a single slice {tuple(image.GetSize())} (2D); a 3D volume is needed", where
+        )
+    return Volume(sitk.GetArrayFromImage(image), geometry_from_sitk(image), path)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """The SimpleITK image of a Volume, geometry included."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(o) for o in volume.origin])
+    image.SetDirection([float(d) for d in volume.direction.ravel()])
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise DGLandmarkError("folder holds no DICOM series", folder)
+    if len(series) > 1:
+        # The largest series is the one a user means; smaller ones are scouts or derived.
+        series = sorted(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[-1])
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI / NRRD / MetaImage file or a DICOM series folder as a 3D Volume."""
+    src = Path(path)
+    if not src.exists():
+        raise DGLandmarkError("no such file or folder", src)
+    try:
+        image = _read_dicom_series(src) if src.is_dir() else sitk.ReadImage(str(src))
+    except RuntimeError as exc:
+        reason = _first_reason(str(exc))
+        raise DGLandmarkError(f"cannot read image (corrupt, truncated or unsupported): {reason}", src) from None
+    try:
+        return volume_from_sitk(image, str(src))
+    except RuntimeError as exc:  # truncated compressed data surfaces only when pixels are read
+        raise DGLandmarkError(f"cannot read image voxels: {_first_reason(str(exc))}", src) from None
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a Volume (format from the suffix) atomically."""
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(volume_to_sitk(volume), str(tmp), compress)
+        except RuntimeError as exc:
+            raise DGLandmarkError(f"cannot write image: {_first_reason(str(exc))}", path) from None
+
+
+def _first_reason(text: str) -> str:
+    """The informative line of a SimpleITK/ITK exception (they span many lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        if "description:" in line.lower() or "error" in line.lower():
+            return line.split(":", 1)[-1].strip() if "description:" in line.lower() else line
+    return lines[-1] if lines else "unknown error"
