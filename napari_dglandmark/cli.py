@@ -1,0 +1,83 @@
+"""``dglandmark``: detect landmarks, convert landmark files, list models.
+
+User errors print one line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import DGLandmarkError
+
+EXIT_USAGE = 2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .io import read_landmarks, write_landmarks
+    from .protocols import load_protocol
+
+    landmarks = read_landmarks(args.input)
+    measurements: list[tuple[str, str, str]] = []
+    if args.protocol:
+        protocol = load_protocol(args.protocol)
+        landmarks = protocol.conform(landmarks, args.input)
+        measurements = protocol.measurement_triples()
+    write_landmarks(args.output, landmarks, coords=args.coords, measurements=measurements)
+    print(f"wrote {len(landmarks)} landmarks to {args.output} ({args.coords.upper()})")
+    return 0
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert between .fcsv, .mrk.json and .csv (by extension)")
+    p.add_argument("input", help="landmark file (.fcsv, .mrk.json, .csv) or a case folder of Line .mrk.json files")
+    p.add_argument("output", help="output file (.fcsv, .mrk.json, .csv)")
+    p.add_argument("--coords", default="RAS", type=str.upper, choices=["RAS", "LPS"],
+                   help="coordinate system written (default RAS, as 3D Slicer shows)")
+    p.add_argument("--protocol", help="protocol name or JSON: check names, order rows, add measurements")
+    p.set_defaults(func=_convert)
+
+
+def _optional_parsers() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Sub-commands whose modules may not exist in a partial build (detect, models)."""
+    adders = []
+    try:
+        from .detect_cli import add_detect_parser, add_models_parser
+    except ImportError:
+        return adders
+    adders += [add_detect_parser, add_models_parser]
+    return adders
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="dglandmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for adder in _optional_parsers():
+        adder(sub)
+    add_convert_parser(sub)
+    return parser
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+    """Run a sub-command, turning user errors into one line on stderr and exit status 2."""
+    try:
+        return int(func(args) or 0)
+    except DGLandmarkError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args, "dglandmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
