@@ -11,6 +11,7 @@ Conventions (the whole project uses them):
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DGLandmarkError
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_path
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -196,11 +197,30 @@ def read_volume(path: str | os.PathLike) -> Volume:
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a Volume (format from the suffix) atomically."""
+    if str(path).lower().endswith(_DETACHED_SUFFIXES):
+        _write_detached(volume, check_output_path(path), compress)
+        return
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(volume_to_sitk(volume), str(tmp), compress)
         except RuntimeError as exc:
             raise DGLandmarkError(f"cannot write image: {_first_reason(str(exc))}", path) from None
+
+
+# Header + data file pairs: the header names its data file, so both must be written under their
+# final names (in a private temporary folder) and moved in, data first, header last.
+_DETACHED_SUFFIXES = (".mhd", ".nhdr")
+
+
+def _write_detached(volume: Volume, out: Path, compress: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmpdir:
+        tmp = Path(tmpdir) / out.name
+        try:
+            sitk.WriteImage(volume_to_sitk(volume), str(tmp), compress)
+        except RuntimeError as exc:
+            raise DGLandmarkError(f"cannot write image: {_first_reason(str(exc))}", out) from None
+        for part in sorted(Path(tmpdir).iterdir(), key=lambda f: f.name == out.name):
+            os.replace(part, out.parent / part.name)
 
 
 def _first_reason(text: str) -> str:
