@@ -67,6 +67,10 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
         name, description = landmark_name(record.get("label", ""), record.get("desc", ""))
         if not name:
             raise DGLandmarkError(f"line {number}: point has neither label nor description", src)
+        # Slicer 5 appends positionStatus (0 undefined, 1 preview, 2 defined) after the declared
+        # columns and writes 0,0,0 for an undefined point: that point has no position.
+        if columns == _DEFAULT_COLUMNS and len(fields) > len(columns) and fields[len(columns)].strip() in ("0", "1"):
+            xyz = [np.nan] * 3
         names.append(name)
         descriptions.append(description)
         positions.append(xyz)

@@ -62,8 +62,13 @@ def _points_of(markup: dict, src: Path, where: str) -> tuple[list, np.ndarray, l
         names.append(name)
         descriptions.append(description)
         positions.append(xyz)
-        status.append(str(point.get(_STATUS_KEY, "defined" if defined else "missing")))
-        confidence.append(float(point.get(_CONFIDENCE_KEY, np.nan)))
+        # A point without a position is missing whatever our own status key says.
+        status.append(str(point.get(_STATUS_KEY) or "defined") if defined else "missing")
+        try:
+            confidence.append(float(point.get(_CONFIDENCE_KEY, np.nan)))
+        except (TypeError, ValueError):
+            raise DGLandmarkError(f"{where}: control point {name!r} has a non-numeric {_CONFIDENCE_KEY}",
+                                  src) from None
     return names, np.array(positions, dtype=float).reshape(-1, 3), descriptions, status, confidence
 
 

@@ -33,7 +33,10 @@ def read_seed_case(folder: str | os.PathLike) -> Landmarks:
             # Endpoints are named after the file, so that the identity never depends on labels.
             names.append(name if name.upper().startswith(measurement.upper() + "-") else f"{measurement}-{k}")
             positions.append(part.positions[k - 1])
-        measurements.update(part.measurements)
+        if len(part.measurements) == 1:  # like the endpoints, the measurement is named after the file
+            measurements[measurement] = next(iter(part.measurements.values()))
+        else:
+            measurements.update(part.measurements)
     return Landmarks(names, np.array(positions), measurements=measurements)
 
 
