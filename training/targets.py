@@ -109,7 +109,9 @@ def boundary_distance_target(
         raise ValueError(f"mask must be [B, C, D, H, W], got {tuple(mask.shape)}")
     mask = mask.bool()
     boundary = _boundary(mask).cpu().numpy()
-    sampling = None if spacing is None else tuple(float(s) for s in _xyz(spacing, torch.device("cpu"), torch.float64).flip(0))
+    sampling = None  # scipy wants per-array-axis (z, y, x) spacing
+    if spacing is not None:
+        sampling = tuple(float(s) for s in _xyz(spacing, torch.device("cpu"), torch.float64).flip(0))
     dist = np.full(boundary.shape, np.inf, dtype=np.float32)
     for b in range(boundary.shape[0]):
         for c in range(boundary.shape[1]):

@@ -62,7 +62,8 @@ def test_elastic_moves_image_and_landmarks_together(seed):
                         elastic=True, elastic_magnitude_mm=1.0, elastic_grid=5)
     tr = random_spatial_transform(image.shape[0], SHAPE, cfg, g)
     assert tr.elastic is not None and tr.elastic.abs().max() > 0.5
-    moved = transform_points(pts, tr)
+    moved, residual = transform_points(pts, tr, return_residual=True)
+    assert residual.shape == pts.shape[:2] and residual.max() < 1e-3
     # inverse consistency: the sampling map sends the moved landmark back to the original one
     p = moved.double()
     from training.augment import _elastic_at
