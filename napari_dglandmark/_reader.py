@@ -1,0 +1,115 @@
+"""napari readers: volumes and landmark files, calling the core only."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import DGLandmarkError
+from .io import LANDMARK_SUFFIXES, read_landmarks, read_volume
+from .io.volume import VOLUME_SUFFIXES
+from .layers import LayerDataTuple, image_layer_data, points_layer_data, protocol_of
+
+ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
+
+
+def _notify_and_raise(exc: DGLandmarkError) -> None:
+    """napari wraps reader errors in a generic message; show the one-line reason as well."""
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+    finally:
+        raise exc
+
+
+def _is_volume(path: str) -> bool:
+    name = path.lower()
+    return any(name.endswith(s) for s in VOLUME_SUFFIXES if s != ".dcm")
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    """A folder with at least one DICOM file (by suffix or by the DICM preamble)."""
+    if not path.is_dir():
+        return False
+    for n, child in enumerate(path.iterdir()):
+        if n > 200:
+            break
+        if child.is_file():
+            if child.suffix.lower() in (".dcm", ".ima"):
+                return True
+            try:
+                with open(child, "rb") as fh:
+                    head = fh.read(132)
+            except OSError:
+                continue
+            if head[128:132] == b"DICM":
+                return True
+    return False
+
+
+def _is_landmark_csv(path: Path) -> bool:
+    """A CSV whose header has landmark,x,y,z (other CSVs are left to other readers)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    cols = {h.strip().lower() for h in header}
+    return {"landmark", "x", "y", "z"} <= cols
+
+
+def _claims(path: str) -> str | None:
+    """``"volume"``, ``"landmarks"`` or None for a path we do not read."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "volume" if _is_dicom_folder(p) else None
+    if _is_volume(name):
+        return "volume"
+    if name.endswith(".csv"):
+        return "landmarks" if _is_landmark_csv(p) else None
+    if any(name.endswith(s) for s in LANDMARK_SUFFIXES):
+        return "landmarks"
+    return None
+
+
+def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """Our reader for a volume, a DICOM folder or a landmark file; None for anything else."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths or any(_claims(str(p)) is None for p in paths):
+        return None
+    return read_paths
+
+
+def read_paths(path: str | Sequence[str]) -> list[LayerDataTuple]:
+    """Layer data for each path (image layers for volumes, points layers for landmark files)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    out: list[LayerDataTuple] = []
+    for p in paths:
+        try:
+            out.append(read_volume_layer(str(p)) if _claims(str(p)) == "volume" else read_landmark_layer(str(p)))
+        except DGLandmarkError as exc:
+            _notify_and_raise(exc)
+    return out
+
+
+def read_volume_layer(path: str) -> LayerDataTuple:
+    """Image layer data of one volume file or DICOM folder."""
+    return image_layer_data(read_volume(path))
+
+
+def read_landmark_layer(path: str) -> LayerDataTuple:
+    """Points layer data of one landmark file (protocol guessed from the names)."""
+    landmarks = read_landmarks(path)
+    protocol = protocol_of(None, landmarks.names)
+    if protocol is not None:
+        landmarks = protocol.conform(landmarks, path)
+    name = Path(path).name
+    for suffix in LANDMARK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    data, kwargs, kind = points_layer_data(landmarks, protocol, name=name)
+    kwargs["metadata"]["source"] = str(path)
+    return data, kwargs, kind

@@ -1,0 +1,23 @@
+"""napari sample data: the bundled 2 mm AFIDs T1w template with its 32 ground-truth landmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .layers import LayerDataTuple
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
+SAMPLE_VOLUME = SAMPLE_DIR / "afids_t1w_2mm.nii.gz"
+SAMPLE_LANDMARKS = SAMPLE_DIR / "afids_t1w_2mm_groundtruth.mrk.json"
+
+
+def afids_t1w() -> list[LayerDataTuple]:
+    """Image layer (2 mm T1w, world = LPS mm reversed) and its 32 AFIDs as a points layer."""
+    from ._reader import read_landmark_layer, read_volume_layer
+
+    image = read_volume_layer(str(SAMPLE_VOLUME))
+    image[1]["name"] = "afids_t1w"
+    points = read_landmark_layer(str(SAMPLE_LANDMARKS))
+    points[1]["name"] = "afids_t1w landmarks"
+    points[1]["metadata"]["image"] = str(SAMPLE_VOLUME)
+    return [image, points]

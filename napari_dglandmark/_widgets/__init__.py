@@ -1,0 +1,64 @@
+"""Qt widgets of the napari plugin (thin: they call the core)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import napari
+
+
+def landmark_layers(viewer: napari.viewer.Viewer) -> list[Any]:
+    """Points layers that hold named landmarks (a ``landmark`` feature)."""
+    from napari.layers import Points
+
+    return [lay for lay in viewer.layers if isinstance(lay, Points) and "landmark" in lay.features]
+
+
+def current_landmark_layer(viewer: napari.viewer.Viewer) -> Any | None:
+    """The active landmark layer, else the last selected one, else the top-most one."""
+    layers = landmark_layers(viewer)
+    active = viewer.layers.selection.active
+    if active in layers:
+        return active
+    selected = [lay for lay in layers if lay in viewer.layers.selection]
+    if selected:
+        return selected[-1]
+    return layers[-1] if layers else None
+
+
+class LayerFollower:
+    """Mixin: follow the current landmark layer and call ``refresh`` when its points change."""
+
+    viewer: Any
+    layer: Any = None
+
+    def _follow(self) -> None:
+        sel = self.viewer.layers.selection.events
+        sel.active.connect(self._rebind)
+        self.viewer.layers.events.inserted.connect(self._rebind)
+        self.viewer.layers.events.removed.connect(self._rebind)
+        self._rebind()
+
+    def _rebind(self, event=None) -> None:
+        layer = current_landmark_layer(self.viewer)
+        if layer is self.layer and layer is not None and layer in self.viewer.layers:
+            return
+        if self.layer is not None:
+            for name in ("data", "features"):
+                emitter = getattr(self.layer.events, name, None)
+                if emitter is not None:
+                    emitter.disconnect(self._on_change)
+        self.layer = layer
+        if layer is not None:
+            for name in ("data", "features"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.connect(self._on_change)
+        self.refresh()
+
+    def _on_change(self, event=None) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError

@@ -1,0 +1,64 @@
+"""'Measurements' dock widget: the protocol's named distances, live while points move."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import QAbstractItemView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+from ..errors import DGLandmarkError
+from ..layers import format_mm, landmarks_from_points, measurement_rows, protocol_of
+from . import LayerFollower
+
+if TYPE_CHECKING:
+    import napari
+
+COLUMNS = ("Measurement", "From", "To", "Distance (mm)")
+
+
+class MeasurementsWidget(QWidget, LayerFollower):
+    """One row per protocol measurement; 'missing' when an endpoint has no point."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.layer = None
+        self.title = QLabel()
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.title)
+        layout.addWidget(self.table)
+        layout.addWidget(self.message)
+        self._follow()
+
+    def refresh(self) -> None:
+        """Recompute every measurement from the layer's current points."""
+        self.table.setRowCount(0)
+        self.message.setText("")
+        if self.layer is None:
+            self.title.setText("No landmark layer")
+            return
+        try:
+            landmarks = landmarks_from_points(self.layer.data, self.layer.features, self.layer.metadata)
+        except DGLandmarkError as exc:
+            self.message.setText(str(exc))
+            return
+        protocol = protocol_of(self.layer.metadata, landmarks.names)
+        self.title.setText(f"{self.layer.name} ({protocol.name})" if protocol else self.layer.name)
+        rows = measurement_rows(landmarks, protocol)
+        if not rows:
+            self.message.setText("No measurements defined for these landmarks.")
+        self.table.setRowCount(len(rows))
+        for r, (name, a, b, value) in enumerate(rows):
+            for c, text in enumerate((name, a, b, format_mm(value))):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+
+    def values(self) -> dict[str, str]:
+        """Measurement name -> the text shown (for tests and copying)."""
+        return {self.table.item(r, 0).text(): self.table.item(r, 3).text() for r in range(self.table.rowCount())}

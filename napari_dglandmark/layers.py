@@ -1,0 +1,286 @@
+"""Volume / Landmarks <-> napari layer data tuples; pure numpy, no napari or Qt import.
+
+World-coordinate convention (the one used by every napari layer of this plugin):
+    napari world axes are physical LPS millimetres in reversed order, i.e.
+    ``world = (z_lps, y_lps, x_lps) = LPS[::-1]`` (superior, posterior, left).
+- An image layer holds ``Volume.array`` ([k, j, i]) untouched; its ``affine`` is the
+  volume's index->LPS matrix with the three spatial rows and columns reversed, so it maps
+  napari data axes (k, j, i) to world (z, y, x) and carries spacing, origin and direction
+  (flips and obliques included).
+- A points layer holds ``LPS[:, ::-1]`` with an identity transform, so it overlays any
+  image layer made here, whatever the image's grid.
+In napari's default 2D view the last two world axes are shown: rows = posterior (down),
+columns = patient left (right), i.e. an axial slice in radiological orientation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import DGLandmarkError
+from .io.landmarks import Landmarks, normalise_name
+from .io.volume import Geometry, Volume, lps_to_ras
+from .protocols import Protocol, available_protocols, load_protocol
+
+#: ``metadata["dglandmark_kind"]`` of the layers made here
+KIND_KEY = "dglandmark_kind"
+LOW_CONFIDENCE = 0.5
+#: fallback colours (no protocol), assigned by a landmark's position in the name list
+PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+           "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
+           "#808000", "#ffd8b1", "#000075", "#808080")
+BORDER_NORMAL = "#000000"
+BORDER_LOW_CONFIDENCE = "#ff2a2a"
+BORDER_WIDTH_NORMAL = 0.1  # relative to the point size
+BORDER_WIDTH_LOW_CONFIDENCE = 0.35
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+_REVERSE = np.array([2, 1, 0])
+
+
+def lps_to_world(points: np.ndarray) -> np.ndarray:
+    """LPS mm (..., 3) -> napari world coordinates (..., 3) = LPS reversed."""
+    return np.asarray(points, dtype=float)[..., ::-1].copy()
+
+
+def world_to_lps(points: np.ndarray) -> np.ndarray:
+    """napari world coordinates (..., 3) -> LPS mm (..., 3)."""
+    return np.asarray(points, dtype=float)[..., ::-1].copy()
+
+
+def napari_affine(geometry: Geometry) -> np.ndarray:
+    """4x4 affine from napari data axes (k, j, i) to world (z, y, x) mm."""
+    m = geometry.index_to_physical_matrix()
+    out = np.eye(4)
+    out[:3, :3] = m[:3, :3][np.ix_(_REVERSE, _REVERSE)]
+    out[:3, 3] = m[:3, 3][_REVERSE]
+    return out
+
+
+def geometry_from_napari_affine(shape: Sequence[int], affine: np.ndarray) -> Geometry:
+    """The Geometry whose ``napari_affine`` is ``affine`` (for image layers not made here)."""
+    a = np.asarray(affine, dtype=float)
+    m = a[:3, :3][np.ix_(_REVERSE, _REVERSE)]  # columns: i, j, k axes in LPS
+    spacing = np.linalg.norm(m, axis=0)
+    if np.any(spacing <= 0):
+        raise DGLandmarkError("image layer has a degenerate affine (zero spacing)")
+    return Geometry(tuple(int(s) for s in shape[-3:]), tuple(float(s) for s in spacing),
+                    tuple(float(o) for o in a[:3, 3][_REVERSE]), m / spacing)
+
+
+def image_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
+    """``(array, kwargs, "image")`` placing the volume in world mm (see module docstring)."""
+    g = volume.geometry
+    arr = volume.array
+    finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
+    lo, hi = (np.percentile(finite[:: max(1, finite.size // 2_000_000)], [0.5, 99.5])
+              if finite.size else (0.0, 1.0))
+    if hi <= lo:
+        lo, hi = float(np.min(finite, initial=0)), float(np.max(finite, initial=1))
+        hi = hi if hi > lo else lo + 1.0
+    kwargs = {
+        "name": name or volume.name,
+        "affine": napari_affine(g),
+        "colormap": "gray",
+        "contrast_limits": (float(lo), float(hi)),
+        "metadata": {
+            KIND_KEY: "volume",
+            "path": volume.path,
+            "spacing": tuple(g.spacing),
+            "origin": tuple(g.origin),
+            "direction": g.direction.tolist(),
+        },
+    }
+    return arr, kwargs, "image"
+
+
+def volume_from_image_layer(data: np.ndarray, metadata: Mapping[str, Any] | None = None,
+                            affine: np.ndarray | None = None) -> Volume:
+    """The Volume behind an image layer: geometry from our metadata, else from the layer affine."""
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise DGLandmarkError(f"image layer is {arr.ndim}D; a 3D volume is needed")
+    meta = dict(metadata or {})
+    if meta.get(KIND_KEY) == "volume":
+        geometry = Geometry(arr.shape, tuple(meta["spacing"]), tuple(meta["origin"]),
+                            np.asarray(meta["direction"], dtype=float))
+    else:
+        geometry = geometry_from_napari_affine(arr.shape, np.eye(4) if affine is None else affine)
+    return Volume(arr, geometry, meta.get("path"))
+
+
+def guess_protocol(names: Sequence[str]) -> Protocol | None:
+    """The bundled protocol that knows every name (most landmarks wins), or None."""
+    best: tuple[int, Protocol] | None = None
+    for pname in available_protocols():
+        protocol = load_protocol(pname)
+        try:
+            for n in names:
+                protocol.index_of(n)
+        except KeyError:
+            continue
+        if best is None or len(protocol) > best[0]:
+            best = (len(protocol), protocol)
+    return best[1] if best else None
+
+
+def landmark_colors(names: Sequence[str], protocol: Protocol | None = None) -> np.ndarray:
+    """(N, 4) RGBA in [0, 1]: the protocol's colour per name, else a palette colour by position."""
+    out = np.ones((len(names), 4))
+    for n, name in enumerate(names):
+        rgb = None
+        if protocol is not None:
+            try:
+                rgb = protocol.color_rgb(name)
+            except KeyError:
+                rgb = None
+        if rgb is None:
+            code = PALETTE[n % len(PALETTE)].lstrip("#")
+            rgb = tuple(int(code[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+        out[n, :3] = rgb
+    return out
+
+
+def _as_protocol(protocol: Protocol | str | None) -> Protocol | None:
+    if protocol is None or isinstance(protocol, Protocol):
+        return protocol
+    return load_protocol(protocol)
+
+
+def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = None, *,
+                      name: str | None = None, image: str | None = None, model_sha256: str | None = None,
+                      size: float = 4.0) -> LayerDataTuple:
+    """``(data, kwargs, "points")``: one point per defined landmark, named by the ``landmark`` feature.
+
+    Missing landmarks get no point; their names stay in ``metadata["landmark_names"]`` so they
+    come back as ``missing`` from :func:`landmarks_from_points`.
+    """
+    protocol = _as_protocol(protocol)
+    defined = landmarks.defined
+    idx = np.flatnonzero(defined)
+    names = [landmarks.names[i] for i in idx]
+    conf = np.asarray(landmarks.confidence, dtype=float)[idx]
+    low = np.isfinite(conf) & (conf < LOW_CONFIDENCE)
+    status = [landmarks.status[i] if landmarks.status[i] != "missing" else "defined" for i in idx]
+    border = np.tile(np.array([0.0, 0.0, 0.0, 1.0]), (len(idx), 1))
+    border[low] = [1.0, 42 / 255, 42 / 255, 1.0]
+    kwargs = {
+        "name": name or "landmarks",
+        "features": {"landmark": names, "confidence": conf, "status": status},
+        "feature_defaults": {"landmark": "", "confidence": np.nan, "status": "added"},
+        "face_color": landmark_colors(names, protocol) if names else "white",
+        "border_color": border if names else BORDER_NORMAL,
+        "border_width": np.where(low, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL),
+        "border_width_is_relative": True,
+        "size": size,
+        "text": {"string": "{landmark}", "color": "white", "size": 9, "anchor": "upper_left",
+                 "translation": [0.0, -size / 2, size / 2]},
+        "metadata": {
+            KIND_KEY: "landmarks",
+            "protocol": protocol.name if protocol else None,
+            "image": image or landmarks.image,
+            "model": landmarks.model,
+            "model_sha256": model_sha256,
+            "landmark_names": list(landmarks.names),
+            "descriptions": dict(zip(landmarks.names, landmarks.descriptions, strict=True)),
+        },
+    }
+    return lps_to_world(landmarks.positions[idx]).reshape(-1, 3), kwargs, "points"
+
+
+def _column(features: Any, key: str, n: int, default: Any) -> list:
+    if features is None:
+        return [default] * n
+    try:
+        values = features[key]
+    except (KeyError, IndexError, TypeError):
+        return [default] * n
+    values = list(values.tolist() if hasattr(values, "tolist") else values)
+    if len(values) != n:
+        raise ValueError(f"feature {key!r} has {len(values)} values for {n} points")
+    return values
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip()
+
+
+def landmarks_from_points(data: np.ndarray, features: Any = None,
+                          metadata: Mapping[str, Any] | None = None) -> Landmarks:
+    """Landmarks from a points layer: names from the ``landmark`` feature (never from order).
+
+    Names listed in ``metadata["landmark_names"]`` without a point come back ``missing``;
+    rows follow that list, then any new names in point order.
+    """
+    pts = np.asarray(data, dtype=float).reshape(-1, 3)
+    meta = dict(metadata or {})
+    n = len(pts)
+    names = _column(features, "landmark", n, None)
+    for k, value in enumerate(names):
+        if _blank(value):
+            raise DGLandmarkError(f"point {k + 1} has no landmark name (set its 'landmark' feature)")
+    names = [str(v).strip() for v in names]
+    conf = np.array([np.nan if _blank(c) else float(c) for c in _column(features, "confidence", n, np.nan)])
+    status = ["defined" if _blank(s) or s == "missing" else str(s) for s in _column(features, "status", n, None)]
+    lps = world_to_lps(pts)
+    keys = [normalise_name(x) for x in names]
+    dupes = sorted({x for x, k in zip(names, keys, strict=True) if keys.count(k) > 1})
+    if dupes:
+        raise DGLandmarkError(f"several points are named {', '.join(dupes)}; each landmark needs one point")
+    by_key = {k: i for i, k in enumerate(keys)}
+    descriptions = {normalise_name(k): v for k, v in (meta.get("descriptions") or {}).items()}
+    order: list[str] = []
+    seen: set[str] = set()
+    for name in list(meta.get("landmark_names") or []) + names:
+        key = normalise_name(name)
+        if key not in seen:
+            seen.add(key)
+            order.append(names[by_key[key]] if key in by_key else str(name))
+    out_pos, out_conf, out_status, out_desc = [], [], [], []
+    for name in order:
+        key = normalise_name(name)
+        i = by_key.get(key)
+        out_desc.append(str(descriptions.get(key, "")))
+        if i is None:
+            out_pos.append([np.nan] * 3)
+            out_conf.append(np.nan)
+            out_status.append("missing")
+        else:
+            out_pos.append(lps[i])
+            out_conf.append(conf[i])
+            out_status.append(status[i])
+    return Landmarks(order, np.array(out_pos, dtype=float).reshape(-1, 3), out_desc, np.array(out_conf),
+                     out_status, image=meta.get("image"), model=meta.get("model"))
+
+
+def protocol_of(metadata: Mapping[str, Any] | None, names: Sequence[str] = ()) -> Protocol | None:
+    """The protocol named in a layer's metadata, else the one that knows ``names``."""
+    pname = (metadata or {}).get("protocol")
+    if pname:
+        try:
+            return load_protocol(pname)
+        except DGLandmarkError:
+            pass
+    return guess_protocol(names) if names else None
+
+
+def landmark_table_rows(landmarks: Landmarks) -> list[tuple[str, str, float, float, float, float]]:
+    """(name, status, confidence, R, A, S) per landmark, positions RAS mm (NaN when missing)."""
+    ras = lps_to_ras(landmarks.positions)
+    return [(name, landmarks.status[i], float(landmarks.confidence[i]), *map(float, ras[i]))
+            for i, name in enumerate(landmarks.names)]
+
+
+def measurement_rows(landmarks: Landmarks, protocol: Protocol | None) -> list[tuple[str, str, str, float]]:
+    """(measurement, from, to, mm) for the protocol's measurements; NaN when an endpoint is missing."""
+    if protocol is None:
+        return []
+    values = protocol.measure(landmarks)
+    return [(m.name, m.a, m.b, values[m.name]) for m in protocol.measurements]
+
+
+def format_mm(value: float, digits: int = 1) -> str:
+    """A distance or coordinate for display; ``missing`` for NaN (never 0)."""
+    return "missing" if not np.isfinite(value) else f"{value:.{digits}f}"
