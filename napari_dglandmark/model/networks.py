@@ -251,3 +251,27 @@ def architecture_of(module: nn.Module) -> dict[str, Any]:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class TwoStageDetector(nn.Module):
+    """A coarse whole-head network and a fine patch network, stored together in one checkpoint.
+
+    The coarse network sees the head on a low-resolution grid and outputs one map per landmark;
+    the fine network sees a high-resolution patch around one landmark's coarse estimate and only
+    its own channel is read (so identity comes from the channel, never from patch content alone).
+    """
+
+    name = "two-stage"
+
+    def __init__(self, coarse: dict[str, Any], fine: dict[str, Any]) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = {"coarse": dict(coarse), "fine": dict(fine)}
+        coarse, fine = dict(coarse), dict(fine)
+        self.coarse = build_network(coarse.pop("name", "resunet3d"), **coarse)
+        self.fine = build_network(fine.pop("name", "resunet3d"), **fine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - stages are called directly
+        return self.coarse(x)
+
+
+NETWORKS[TwoStageDetector.name] = TwoStageDetector

@@ -1,0 +1,62 @@
+"""Heatmaps -> sub-voxel landmark positions and a confidence per landmark.
+
+``softmax-centroid`` (default): the maps are logits of a spatial softmax; the position is the
+probability-weighted centroid inside a cube of ``radius`` voxels around the peak (sub-voxel, robust
+to a second distant mode), and the confidence is the probability mass inside that cube: 1 when
+the network is sure of one place, near 0 when its belief is spread or split between places.
+``centroid``: the same on non-negative regression heatmaps (e.g. MSE-trained, peak 100 or 255),
+confidence = peak height / expected peak. ``argmax``: the paper's integer argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _peak_index(flat: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    d, h, w = shape
+    idx = flat.argmax(-1)
+    k, rem = idx // (h * w), idx % (h * w)
+    j, i = rem // w, rem % w
+    return torch.stack([i, j, k], -1)
+
+
+def _local_centroid(weights: torch.Tensor, peak: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted centroid (i, j, k) and weight sum in a cube around ``peak``; weights [L, D, H, W] >= 0."""
+    n, d, h, w = weights.shape
+    r = int(radius)
+    offs = torch.arange(-r, r + 1, device=weights.device)
+    ok, oj, oi = torch.meshgrid(offs, offs, offs, indexing="ij")
+    cube = torch.stack([oi, oj, ok], -1).reshape(-1, 3)  # [M, 3] in (i, j, k)
+    pts = peak[:, None, :] + cube[None]  # [L, M, 3]
+    size = torch.tensor([w, h, d], device=weights.device)
+    inside = ((pts >= 0) & (pts < size)).all(-1)
+    pts_c = torch.minimum(pts.clamp_min(0), size - 1)
+    flat = pts_c[..., 2] * h * w + pts_c[..., 1] * w + pts_c[..., 0]
+    vals = weights.reshape(n, -1).gather(1, flat) * inside
+    mass = vals.sum(1)
+    centre = (vals[..., None] * pts.to(vals.dtype)).sum(1) / mass.clamp_min(1e-12)[:, None]
+    return centre, mass
+
+
+def decode(maps: torch.Tensor, method: str = "softmax-centroid", radius: int = 2,
+           expected_peak: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps [L, D, H, W] -> (continuous index [L, 3] in (i, j, k), confidence [L] in [0, 1])."""
+    maps = maps.float()
+    n, d, h, w = maps.shape
+    flat = maps.reshape(n, -1)
+    peak = _peak_index(flat, (d, h, w))
+    if method == "argmax":
+        conf = (flat.max(-1).values / expected_peak).clamp(0, 1)
+        return peak.float(), conf
+    if method == "softmax-centroid":
+        prob = F.softmax(flat, -1).reshape(n, d, h, w)
+        centre, mass = _local_centroid(prob, peak, radius)
+        return centre, mass.clamp(0, 1)
+    if method == "centroid":
+        weights = maps.clamp_min(0)
+        centre, _ = _local_centroid(weights, peak, radius)
+        conf = (flat.max(-1).values / expected_peak).clamp(0, 1)
+        return centre, conf
+    raise ValueError(f"unknown decoding method {method!r}")

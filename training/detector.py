@@ -1,0 +1,342 @@
+"""Training the two-stage detector (the bundled default model's recipe).
+
+Stage 0 (optional, BaPDG): boundary-aware pre-training of both networks on a segmentation source.
+Stage 1: coarse network on the whole head at ``coarse_spacing`` (spatial softmax, cross-entropy).
+Stage 2: fine network on high-resolution patches around each landmark, read on its own channel.
+Augmentation is drawn in physical space and applied while sampling the model grids from the
+original volumes, so images, masks and landmarks always move together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_dglandmark.io.landmarks import Landmarks
+from napari_dglandmark.io.volume import Volume
+from napari_dglandmark.model.checkpoint import save_checkpoint
+from napari_dglandmark.model.decode import decode
+from napari_dglandmark.model.networks import TwoStageDetector
+from napari_dglandmark.model.pipeline import (
+    PipelineConfig,
+    Source,
+    coarse_grid,
+    coarse_input,
+    fine_grids,
+    fine_input,
+    prepare_source,
+)
+from napari_dglandmark.model.resample import resample
+
+from .augment import AugmentConfig, apply_intensity
+from .losses import mixing_loss
+from .synth import ElasticField, physical_affine, random_rotation, warp_points
+from .targets import boundary_distance_target, gaussian_heatmaps
+
+Log = Callable[[dict], None]
+
+
+@dataclass
+class DetectorRecipe:
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    coarse_net: dict = field(default_factory=lambda: dict(name="resunet3d", base_width=16, depth=3,
+                                                           blocks_per_stage=1, norm="instance"))
+    fine_net: dict = field(default_factory=lambda: dict(name="resunet3d", base_width=16, depth=2,
+                                                         blocks_per_stage=1, norm="instance"))
+    pretrain_coarse_steps: int = 150
+    pretrain_fine_steps: int = 150
+    coarse_steps: int = 1500
+    fine_steps: int = 2000
+    batch_coarse: int = 2
+    batch_fine: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    sigma_coarse_vox: float = 1.5
+    sigma_fine_vox: float = 1.5
+    rotation_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translation_mm: float = 10.0
+    elastic_mm: float = 3.0
+    fine_offset_mm: float = 3.0  # std of the fine patch centre around the truth (coarse error model)
+    fine_offset_max_mm: float = 8.0
+    intensity: str = "default"  # AugmentConfig preset for the intensity part ("none" = off)
+    p_head_invert: float = 0.2
+    max_dist: float = 5.0  # boundary band, in voxels of the grid being trained
+    val_every: int = 250
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pipeline"] = self.pipeline.to_dict()
+        return d
+
+
+@dataclass
+class Case:
+    source: Source
+    landmarks: np.ndarray  # [L, 3] LPS, NaN where missing
+    boundary_coarse: torch.Tensor | None = None
+    boundary_fine: torch.Tensor | None = None
+
+
+def _intensity_config(recipe: DetectorRecipe) -> AugmentConfig | None:
+    if recipe.intensity == "none":
+        return None
+    base = AugmentConfig.preset(recipe.intensity)
+    return AugmentConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__ if not _is_spatial(k)})
+
+
+def _is_spatial(name: str) -> bool:
+    return name in {"p_affine", "rotation_deg", "scale", "scale_isotropic", "translation_mm", "elastic",
+                    "p_elastic", "elastic_magnitude_mm", "elastic_grid", "flip_lr", "p_flip", "lr_permutation"}
+
+
+class DetectorTrainer:
+    """Trains a TwoStageDetector on landmark cases (and optionally pre-trains on segmentations)."""
+
+    def __init__(self, recipe: DetectorRecipe, landmark_names: Sequence[str], log: Log | None = None,
+                 device: str = "cpu") -> None:
+        self.recipe = recipe
+        self.names = list(landmark_names)
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(recipe.seed)
+        torch.manual_seed(recipe.seed)
+        self.gen = torch.Generator().manual_seed(recipe.seed)
+        n = len(self.names)
+        self.network = TwoStageDetector(dict(recipe.coarse_net, in_channels=1, out_channels=n),
+                                        dict(recipe.fine_net, in_channels=1, out_channels=n)).to(self.device)
+        self.intensity = _intensity_config(recipe)
+        self.log = log or (lambda row: None)
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ sampling
+    def _random_affine(self, center: np.ndarray) -> np.ndarray:
+        r = self.recipe
+        return physical_affine(center, random_rotation(self.rng, r.rotation_deg), self.rng.uniform(*r.scale),
+                               self.rng.uniform(-r.translation_mm, r.translation_mm, 3))
+
+    def _augment_intensity(self, x: torch.Tensor) -> torch.Tensor:
+        if self.intensity is not None:
+            x = apply_intensity(x, self.intensity, self.gen)
+        if self.recipe.p_head_invert > 0:
+            flip = torch.rand(x.shape[0], generator=self.gen) < self.recipe.p_head_invert
+            head = x > 0.05
+            inv = torch.where(head, 1.0 - x, x)
+            x = torch.where(flip.view(-1, 1, 1, 1, 1), inv, x)
+        return x
+
+    def coarse_batch(self, cases: Sequence[Case], with_boundary: bool = False):
+        r, cfg = self.recipe, self.recipe.pipeline
+        images, targets, points = [], [], []
+        for _ in range(r.batch_coarse):
+            case = cases[self.rng.integers(len(cases))]
+            grid = coarse_grid(cfg, case.source.center + self.rng.normal(scale=5.0, size=3))
+            affine = self._random_affine(case.source.center)
+            elastic = ElasticField(grid, self.rng, r.elastic_mm) if r.elastic_mm > 0 else None
+            disp = elastic.dense_source_index(case.source.pooled_geometry) if elastic else None
+            images.append(coarse_input(case.source, grid, [affine], disp))
+            if with_boundary:
+                dfull = elastic.dense_source_index(case.source.geometry) if elastic else None
+                targets.append(resample(case.boundary_coarse, case.source.geometry, grid, [affine], dfull))
+            else:
+                pts = warp_points(case.landmarks, affine, grid, elastic)
+                points.append(grid.physical_to_index(pts))
+        x = self._augment_intensity(torch.cat(images))
+        if with_boundary:
+            return x, torch.cat(targets)
+        return x, torch.as_tensor(np.stack(points), dtype=torch.float32)
+
+    def fine_batch(self, cases: Sequence[Case], with_boundary: bool = False):
+        r, cfg = self.recipe, self.recipe.pipeline
+        n = len(self.names)
+        images, targets, points, channels = [], [], [], []
+        for _ in range(r.batch_fine):
+            case = cases[self.rng.integers(len(cases))]
+            if with_boundary:
+                k = 0
+                anchor = case.boundary_points[self.rng.integers(len(case.boundary_points))]
+            else:
+                defined = np.flatnonzero(~np.isnan(case.landmarks).any(1))
+                k = int(defined[self.rng.integers(len(defined))])
+                anchor = case.landmarks[k]
+            offset = np.clip(self.rng.normal(scale=r.fine_offset_mm, size=3), -r.fine_offset_max_mm, r.fine_offset_max_mm)
+            affine = physical_affine(anchor, random_rotation(self.rng, r.rotation_deg), self.rng.uniform(*r.scale),
+                                     np.zeros(3))
+            grid = fine_grids(cfg, (anchor + offset)[None])[0]
+            images.append(resample(case.source.image, case.source.geometry, grid, [affine]))
+            if with_boundary:
+                targets.append(resample(case.boundary_fine, case.source.geometry, grid, [affine]))
+            else:
+                pts = warp_points(case.landmarks[k:k + 1], affine, grid)
+                points.append(grid.physical_to_index(pts)[0])
+                channels.append(k)
+        x = self._augment_intensity(torch.cat(images))
+        if with_boundary:
+            return x, torch.cat(targets)
+        del n
+        return x, torch.as_tensor(np.stack(points), dtype=torch.float32), torch.as_tensor(channels)
+
+    # ------------------------------------------------------------------ losses
+    @staticmethod
+    def softmax_ce(logits: torch.Tensor, points: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Cross-entropy between each channel's spatial softmax and a normalised Gaussian at the landmark."""
+        b, n = logits.shape[:2]
+        shape = tuple(logits.shape[2:])
+        target = gaussian_heatmaps(points, shape, sigma, peak=1.0)
+        mass = target.flatten(2).sum(-1)
+        valid = mass > 1e-3
+        target = target.flatten(2) / mass.clamp_min(1e-6)[..., None]
+        logp = F.log_softmax(logits.flatten(2).float(), -1)
+        ce = -(target * logp).sum(-1)
+        return (ce * valid).sum() / valid.sum().clamp_min(1)
+
+    # ------------------------------------------------------------------ stages
+    def _optimiser(self, module: torch.nn.Module, steps: int):
+        opt = torch.optim.AdamW(module.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.recipe.lr, total_steps=max(steps, 2),
+                                                    pct_start=0.1)
+        return opt, sched
+
+    def _loop(self, stage: str, steps: int, module: torch.nn.Module, step_fn, validate=None) -> None:
+        if steps <= 0:
+            return
+        opt, sched = self._optimiser(module, steps)
+        module.train()
+        best, best_state, t0, running = math.inf, None, time.time(), []
+        for step in range(1, steps + 1):
+            loss = step_fn(step, steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            running.append(float(loss.detach()))
+            row = None
+            if step % 25 == 0 or step == steps:
+                row = {"stage": stage, "step": step, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
+                       "seconds": round(time.time() - t0, 1)}
+                running = []
+            if validate is not None and (step % self.recipe.val_every == 0 or step == steps):
+                module.eval()
+                mre = validate()
+                module.train()
+                row = row or {"stage": stage, "step": step}
+                row["val_mre_mm"] = mre
+                if mre < best:
+                    best = mre
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if row:
+                self.history.append(row)
+                self.log(row)
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+
+    def pretrain(self, seg_cases: Sequence[Case]) -> None:
+        """BaPDG: regress the boundary distance map on every output channel, mixing loss log-cosh -> MSE."""
+        r = self.recipe
+        net = self.network
+
+        def coarse_step(step: int, total: int) -> torch.Tensor:
+            x, t = self.coarse_batch(seg_cases, with_boundary=True)
+            pred = net.coarse(x.to(self.device))
+            return mixing_loss(pred, t.to(self.device).expand_as(pred), step - 1, total)
+
+        def fine_step(step: int, total: int) -> torch.Tensor:
+            x, t = self.fine_batch(seg_cases, with_boundary=True)
+            pred = net.fine(x.to(self.device))
+            return mixing_loss(pred, t.to(self.device).expand_as(pred), step - 1, total)
+
+        self._loop("pretrain-coarse", r.pretrain_coarse_steps, net.coarse, coarse_step)
+        self._loop("pretrain-fine", r.pretrain_fine_steps, net.fine, fine_step)
+
+    def _validation_set(self, cases: Sequence[Case], count: int = 4, seed: int = 12345):
+        rng_state = self.rng
+        self.rng = np.random.default_rng(seed)
+        gen_state = self.gen.get_state()
+        coarse, fine = [], []
+        for _ in range(count):
+            saved = self.recipe.batch_coarse
+            self.recipe.batch_coarse = 1
+            coarse.append(self.coarse_batch(cases))
+            self.recipe.batch_coarse = saved
+        for _ in range(2):
+            fine.append(self.fine_batch(cases))
+        self.rng = rng_state
+        self.gen.set_state(gen_state)
+        return coarse, fine
+
+    def finetune(self, cases: Sequence[Case]) -> None:
+        r = self.recipe
+        net = self.network
+        val_coarse, val_fine = self._validation_set(cases)
+        spacing_c, spacing_f = r.pipeline.coarse_spacing, r.pipeline.fine_spacing
+
+        def coarse_step(step: int, total: int) -> torch.Tensor:
+            x, pts = self.coarse_batch(cases)
+            return self.softmax_ce(net.coarse(x.to(self.device)), pts.to(self.device), r.sigma_coarse_vox)
+
+        def coarse_val() -> float:
+            errs = []
+            with torch.no_grad():
+                for x, pts in val_coarse:
+                    idx, _ = decode(net.coarse(x.to(self.device))[0].cpu(), "softmax-centroid",
+                                    r.pipeline.decode_radius_coarse)
+                    errs.append(torch.linalg.norm(idx - pts[0], dim=-1) * spacing_c)
+            e = torch.cat(errs)
+            return float(e[torch.isfinite(e)].mean())
+
+        def fine_step(step: int, total: int) -> torch.Tensor:
+            x, pts, ch = self.fine_batch(cases)
+            out = net.fine(x.to(self.device))
+            own = out[torch.arange(len(ch)), ch][:, None]
+            return self.softmax_ce(own, pts[:, None].to(self.device), r.sigma_fine_vox)
+
+        def fine_val() -> float:
+            errs = []
+            with torch.no_grad():
+                for x, pts, ch in val_fine:
+                    out = net.fine(x.to(self.device))
+                    own = out[torch.arange(len(ch)), ch].cpu()
+                    idx, _ = decode(own, "softmax-centroid", r.pipeline.decode_radius_fine)
+                    errs.append(torch.linalg.norm(idx - pts, dim=-1) * spacing_f)
+            return float(torch.cat(errs).mean())
+
+        self._loop("coarse", r.coarse_steps, net.coarse, coarse_step, coarse_val)
+        self._loop("fine", r.fine_steps, net.fine, fine_step, fine_val)
+
+    def save(self, path: str | Path, metadata: dict) -> None:
+        meta = {"pipeline": self.recipe.pipeline.to_dict(), "landmark_names": self.names,
+                "training": {"recipe": self.recipe.to_dict(), "history": self.history}, **metadata}
+        save_checkpoint(path, self.network, meta)
+
+
+def landmark_case(volume: Volume, landmarks: Landmarks, names: Sequence[str], pipeline: PipelineConfig) -> Case:
+    """A training case: the prepared source and landmark positions in ``names`` order."""
+    ordered = landmarks.reordered(names, strict=False)
+    return Case(prepare_source(volume, pipeline), ordered.positions)
+
+
+def segmentation_case(volume: Volume, mask: np.ndarray, recipe: DetectorRecipe) -> Case:
+    """A pre-training case: image plus exact-EDT boundary maps for the coarse and fine grids."""
+    cfg = recipe.pipeline
+    m = torch.as_tensor(mask.astype(bool))[None, None]
+    case = Case(prepare_source(volume, cfg), np.zeros((0, 3)))
+    case.boundary_coarse = boundary_distance_target(m, recipe.max_dist * cfg.coarse_spacing, spacing=volume.spacing)[0, 0]
+    case.boundary_fine = boundary_distance_target(m, recipe.max_dist * cfg.fine_spacing, spacing=volume.spacing)[0, 0]
+    edge = (case.boundary_fine > 0.999).nonzero().numpy()[:, ::-1]  # (i, j, k)
+    pick = np.random.default_rng(0).choice(len(edge), size=min(len(edge), 20000), replace=False)
+    case.boundary_points = volume.index_to_physical(edge[pick].astype(float))
+    return case
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    path.write_text("\n".join(json.dumps(r) for r in history) + "\n")
