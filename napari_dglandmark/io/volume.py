@@ -10,8 +10,10 @@ Conventions (the whole project uses them):
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,10 +191,32 @@ def read_volume(path: str | os.PathLike) -> Volume:
     except RuntimeError as exc:
         reason = _first_reason(str(exc))
         raise DGLandmarkError(f"cannot read image (corrupt, truncated or unsupported): {reason}", src) from None
+    if not src.is_dir():
+        _check_nifti_complete(src, image)
     try:
         return volume_from_sitk(image, str(src))
     except RuntimeError as exc:  # truncated compressed data surfaces only when pixels are read
         raise DGLandmarkError(f"cannot read image voxels: {_first_reason(str(exc))}", src) from None
+
+
+def _check_nifti_complete(src: Path, image: sitk.Image) -> None:
+    """ITK's NIfTI reader zero-fills a truncated .nii / .nii.gz silently; refuse such files."""
+    name = src.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    needed = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    if name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(src, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    size += len(chunk)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DGLandmarkError(f"truncated or corrupt compressed image ({exc.__class__.__name__})", src) from None
+    else:
+        size = src.stat().st_size
+    if size < needed + 348:  # the NIfTI header is at least 348 bytes
+        raise DGLandmarkError(f"truncated image: {size} bytes, the voxels alone need {needed}", src)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
