@@ -237,3 +237,12 @@ def test_cli_failure_keeps_previous_output(tmp_path: Path, capsys) -> None:
     assert out.read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "out.fcsv"]
     capsys.readouterr()
+
+
+def test_truncated_real_t1w(tmp_path: Path, shared_data: Path) -> None:
+    from tests.conftest import T1W
+
+    data = T1W.read_bytes()
+    half = tmp_path / "t1w_half.nii.gz"
+    half.write_bytes(data[: len(data) // 2])
+    assert "truncated" in _one_line_error(read_volume, half)
