@@ -1,0 +1,28 @@
+"""Fixtures for the napari tests: the bundled sample and an artifacts folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
+
+PLUGIN = "napari-dglandmark"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where screenshots go (git-ignored)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def sample_viewer(make_napari_viewer):
+    """A viewer with the sample volume and its landmarks opened through our reader."""
+    viewer = make_napari_viewer()
+    viewer.open(str(SAMPLE_VOLUME), plugin=PLUGIN)
+    viewer.open(str(SAMPLE_LANDMARKS), plugin=PLUGIN)
+    return viewer
