@@ -26,3 +26,28 @@ def shared_data() -> Path:
     if not T1W.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set DGLANDMARK_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """An untrained, tiny two-stage afids32 model (fast on CPU): for plumbing tests, not accuracy."""
+    import torch
+
+    from napari_dglandmark.model.checkpoint import save_checkpoint
+    from napari_dglandmark.model.networks import TwoStageDetector
+    from napari_dglandmark.model.pipeline import PipelineConfig
+    from napari_dglandmark.protocols import load_protocol
+
+    torch.manual_seed(0)
+    protocol = load_protocol("afids32")
+    n = len(protocol.names)
+    net = TwoStageDetector(dict(name="resunet3d", in_channels=1, out_channels=n, base_width=4, depth=2,
+                                blocks_per_stage=1),
+                           dict(name="resunet3d", in_channels=1, out_channels=n, base_width=4, depth=1,
+                                blocks_per_stage=1))
+    pipeline = PipelineConfig(coarse_spacing=8.0, coarse_size=(24, 24, 24), fine_size=(12, 12, 12), fine_iterations=1)
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_checkpoint(path, net, {"model_name": "tiny", "protocol": "afids32", "landmark_names": list(protocol.names),
+                                "pipeline": pipeline.to_dict(),
+                                "bilateral_pairs": [list(p) for p in protocol.bilateral_pairs]})
+    return path

@@ -31,7 +31,6 @@ from napari_dglandmark.model.pipeline import (
     coarse_grid,
     coarse_input,
     fine_grids,
-    fine_input,
     prepare_source,
 )
 from napari_dglandmark.model.resample import resample

@@ -85,8 +85,9 @@ class Deformation:
 
 
 def deform(volume: Volume, landmarks: Landmarks, rng: np.random.Generator,
-           setting: Deformation = Deformation()) -> tuple[Volume, Landmarks]:
+           setting: Deformation | None = None) -> tuple[Volume, Landmarks]:
     """A randomly deformed copy (same grid) and its moved landmarks."""
+    setting = setting or Deformation()
     geom = volume.geometry
     center = geom.index_to_physical((np.array(geom.size) - 1) / 2)
     affine = physical_affine(center, random_rotation(rng, setting.rotation_deg), rng.uniform(*setting.scale),
