@@ -75,7 +75,7 @@ def image_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
     g = volume.geometry
     arr = volume.array
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
-    lo, hi = (np.percentile(finite[:: max(1, finite.size // 2_000_000)], [0.5, 99.5])
+    lo, hi = (np.percentile(finite[:: max(1, finite.size // 2_000_000)], [0.5, 99.9])
               if finite.size else (0.0, 1.0))
     if hi <= lo:
         lo, hi = float(np.min(finite, initial=0)), float(np.max(finite, initial=1))
@@ -84,6 +84,8 @@ def image_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
         "name": name or volume.name,
         "affine": napari_affine(g),
         "colormap": "gray",
+        # one slice, never a slab average: napari 0.9 returns an empty slab along flipped axes
+        "projection_mode": "none",
         "contrast_limits": (float(lo), float(hi)),
         "metadata": {
             KIND_KEY: "volume",
@@ -175,8 +177,9 @@ def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = No
         "border_width": np.where(low, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL),
         "border_width_is_relative": True,
         "size": size,
+        # text offsets are in world mm, not screen pixels: a diagonal shift clears the disc in every view
         "text": {"string": "{landmark}", "color": "white", "size": 9, "anchor": "upper_left",
-                 "translation": [0.0, -size / 2, size / 2]},
+                 "translation": [0.6 * size] * 3},
         "metadata": {
             KIND_KEY: "landmarks",
             "protocol": protocol.name if protocol else None,
