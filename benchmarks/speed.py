@@ -1,0 +1,167 @@
+"""Speed and memory: our pipeline against the paper's, side by side, with ratios.
+
+Whole-process figures run each pipeline as a fresh process (start-up, imports, model load, I/O
+included) and read its peak resident memory; in-process figures time detection alone with the
+model loaded. Medians of ``--repeats`` runs. Also: a training step at the paper's 128^3 setting
+with the paper's data path (CPU Gaussians over the whole grid per landmark) against ours
+(separable Gaussians near each landmark, on the device), and the boundary target at 128^3 (exact
+EDT) against repeated 3x3x3 dilation.
+    python benchmarks/speed.py [--image PATH] [--repeats 5] [--out benchmarks/results/speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+T1W = ROOT.parent / "shared/data/afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
+
+
+def whole_process(cmd: list[str], repeats: int) -> tuple[float, float]:
+    """Median wall seconds and max peak RSS (MB) of a command run ``repeats`` times."""
+    walls, peaks = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        pid = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(pid.pid, 0)
+        walls.append(time.perf_counter() - t)
+        if status != 0:
+            raise RuntimeError(f"{cmd} failed: {pid.stderr.read().decode()[-500:]}")
+        peaks.append(usage.ru_maxrss / 1024)
+    return statistics.median(walls), max(peaks)
+
+
+def in_process_ours(image: str, repeats: int) -> float:
+    from napari_dglandmark.io import read_volume
+    from napari_dglandmark.model.inference import Detector
+
+    det = Detector("afids32", device="cpu")
+    vol = read_volume(image)
+    det.detect(vol)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        det.detect(vol)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def training_steps(repeats: int) -> dict:
+    """Seconds per training step at 128^3, batch 1, 32 landmarks, width-32 ResUNet (paper setting)."""
+    from napari_dglandmark.model.networks import ResUNet3D
+    from training.targets import gaussian_heatmaps
+
+    torch.manual_seed(0)
+    net = ResUNet3D(1, 32, base_width=32, depth=3)
+    opt = torch.optim.Adam(net.parameters())
+    x = torch.rand(1, 1, 128, 128, 128)
+    pts = torch.rand(1, 32, 3) * 100 + 14
+
+    def paper_targets() -> torch.Tensor:  # the published data path: full-grid Gaussian per landmark, numpy
+        zz, yy, xx = np.meshgrid(np.arange(128), np.arange(128), np.arange(128), indexing="ij")
+        maps = [255 * np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2 + (zz - p[2]) ** 2) / (2 * 5.0**2))
+                for p in pts[0].numpy()]
+        return torch.as_tensor(np.stack(maps)[None], dtype=torch.float32)
+
+    def ours_targets() -> torch.Tensor:
+        return gaussian_heatmaps(pts, (128, 128, 128), 5.0, peak=255.0)
+
+    out = {}
+    for name, make in (("paper", paper_targets), ("ours", ours_targets)):
+        target_times, step_times = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            target = make()
+            target_times.append(time.perf_counter() - t)
+            loss = torch.nn.functional.mse_loss(net(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step_times.append(time.perf_counter() - t)
+        out[name] = {"targets_s": statistics.median(target_times), "step_s": statistics.median(step_times)}
+    return out
+
+
+def boundary_targets(repeats: int) -> dict:
+    from training.targets import boundary_distance_target, dilation_distance_target
+
+    z, y, x = np.mgrid[:128, :128, :128]
+    mask = torch.as_tensor(((x - 64) ** 2 / 40**2 + (y - 60) ** 2 / 30**2 + (z - 70) ** 2 / 35**2) < 1)[None, None]
+    res = {}
+    for name, fn in (("edt", lambda: boundary_distance_target(mask, 5.0)),
+                     ("dilation", lambda: dilation_distance_target(mask, 5))):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        res[name] = statistics.median(times)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", default=str(T1W))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    py = sys.executable
+    ours_cmd = [py, "-m", "napari_dglandmark.cli", "detect", args.image, "--quiet", "--threads", str(args.threads)]
+    paper_cmd = [py, str(ROOT / "benchmarks/paper_pipeline.py"), args.image]
+    ours_wall, ours_mem = whole_process(ours_cmd, args.repeats)
+    paper_wall, paper_mem = whole_process(paper_cmd, max(1, args.repeats // 2))
+    ours_in = in_process_ours(args.image, args.repeats)
+    steps = training_steps(max(2, args.repeats // 2))
+    bnd = boundary_targets(args.repeats)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, GPU {gpu}",
+        "image": args.image,
+        "detect_whole_process": {"ours_s": ours_wall, "ours_peak_mb": ours_mem, "paper_s": paper_wall,
+                                 "paper_peak_mb": paper_mem, "speedup": paper_wall / ours_wall,
+                                 "memory_ratio": paper_mem / ours_mem},
+        "detect_in_process_ours_s": ours_in,
+        "training_step_128": {**steps, "speedup": steps["paper"]["step_s"] / steps["ours"]["step_s"],
+                              "target_speedup": steps["paper"]["targets_s"] / steps["ours"]["targets_s"]},
+        "boundary_target_128": {**bnd, "speedup": bnd["dilation"] / bnd["edt"]},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    d, s, b = result["detect_whole_process"], result["training_step_128"], result["boundary_target_128"]
+    table = "\n".join([
+        f"Machine: {result['machine']}; {result['date']}; median of {args.repeats} runs.",
+        "",
+        "| measure | ours | paper's pipeline | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| detect, whole process (s) | {d['ours_s']:.2f} | {d['paper_s']:.2f} | {d['speedup']:.1f}x faster |",
+        f"| detect, peak memory (MB) | {d['ours_peak_mb']:.0f} | {d['paper_peak_mb']:.0f} | {d['memory_ratio']:.1f}x less |",
+        f"| detect, in process, model loaded (s) | {ours_in:.2f} | | |",
+        f"| training step at 128^3 incl. targets (s) | {s['ours']['step_s']:.2f} | {s['paper']['step_s']:.2f} | "
+        f"{s['speedup']:.1f}x faster |",
+        f"| heatmap targets at 128^3, 32 landmarks (s) | {s['ours']['targets_s']:.3f} | {s['paper']['targets_s']:.3f} | "
+        f"{s['target_speedup']:.0f}x faster |",
+        f"| boundary target at 128^3 (s) | {b['edt']:.3f} (exact EDT) | {b['dilation']:.3f} (dilation) | "
+        f"{b['speedup']:.1f}x |",
+    ])
+    (out / "speed.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
