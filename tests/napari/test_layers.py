@@ -114,3 +114,13 @@ def test_empty_landmarks():
     assert data.shape == (0, 3)
     back = landmarks_from_points(data, kwargs["features"], kwargs["metadata"])
     assert back.names == ["AC"] and back.status == ["missing"]
+
+
+def test_layers_module_imports_neither_napari_nor_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_dglandmark.layers; "
+            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'vispy') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -131,3 +131,60 @@ def test_manifest_validates():
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _write_dicom_series(folder: Path, image) -> None:
+    """A tiny axial MR series, one file per slice, with the geometry tags GDCM sorts by."""
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = image.GetDirection()
+    for k in range(image.GetDepth()):
+        s = image[:, :, k]
+        for tag, value in [("0020|000e", "1.2.826.0.1.3680043.2.1125.42"), ("0008|0060", "MR"),
+                           ("0020|0037", "\\".join(map(str, d[0:3] + d[3:6]))),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0020|0013", str(k + 1)), ("0018|0050", str(image.GetSpacing()[2]))]:
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_folder_opens_with_its_geometry(make_napari_viewer, tmp_path):
+    import SimpleITK as sitk
+
+    arr = (np.arange(6 * 7 * 8).reshape(6, 7, 8) % 50).astype(np.int16)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.8, 0.9, 2.0))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, image)
+    assert napari_get_reader(str(folder)) is not None
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin=PLUGIN)
+    layer = viewer.layers[0]
+    np.testing.assert_array_equal(layer.data, arr)
+    np.testing.assert_allclose(_voxel_steps(layer), [2.0, 0.9, 0.8])
+    ijk = np.array([3.0, 2.0, 4.0])
+    world = np.asarray(layer.data_to_world(tuple(ijk[::-1])))
+    np.testing.assert_allclose(world, np.array(image.TransformContinuousIndexToPhysicalPoint(ijk))[::-1])
+
+
+def test_oblique_volume_keeps_index_to_mm(make_napari_viewer, tmp_path):
+    from napari_dglandmark.io import Geometry, Volume, write_volume
+
+    a = np.deg2rad(25)
+    direction = np.array([[np.cos(a), 0, np.sin(a)], [0, -1, 0], [-np.sin(a), 0, np.cos(a)]]) @ np.diag([-1, 1, 1])
+    vol = Volume(np.random.default_rng(1).integers(0, 100, (9, 10, 11)).astype(np.int16),
+                 Geometry((9, 10, 11), (1.5, 1.0, 3.0), (5.0, 6.0, -7.0), direction))
+    path = tmp_path / "oblique.nrrd"
+    write_volume(vol, path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin=PLUGIN)
+    layer = viewer.layers[0]
+    ijk = np.array([[0, 0, 0], [10, 9, 8], [2.5, 3.25, 7.0]])
+    world = np.array([layer.data_to_world(tuple(p[::-1])) for p in ijk])
+    np.testing.assert_allclose(world, vol.index_to_physical(ijk)[:, ::-1], atol=1e-5)
