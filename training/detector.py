@@ -36,9 +36,9 @@ from napari_dglandmark.model.pipeline import (
 from napari_dglandmark.model.resample import resample
 
 from .augment import AugmentConfig, apply_intensity
-from .losses import mixing_loss
+from .losses import logcosh, mixing_loss, mse
 from .synth import ElasticField, physical_affine, random_rotation, warp_points
-from .targets import boundary_distance_target, gaussian_heatmaps
+from .targets import boundary_distance_target, gaussian_heatmaps, sobel_magnitude
 
 Log = Callable[[dict], None]
 
@@ -69,6 +69,8 @@ class DetectorRecipe:
     intensity: str = "default"  # AugmentConfig preset for the intensity part ("none" = off)
     p_head_invert: float = 0.2
     max_dist: float = 5.0  # boundary band, in voxels of the grid being trained
+    pretrain_target: str = "boundary"  # boundary (BaPDG) | mask (SegDG) | edge (EdgeDG: Sobel input, mask target)
+    pretrain_loss: str = "mix"  # mix (log-cosh -> MSE) | mse | logcosh
     val_every: int = 250
     seed: int = 0
 
@@ -82,8 +84,9 @@ class DetectorRecipe:
 class Case:
     source: Source
     landmarks: np.ndarray  # [L, 3] LPS, NaN where missing
-    boundary_coarse: torch.Tensor | None = None
+    boundary_coarse: torch.Tensor | None = None  # pre-training target maps on the source grid
     boundary_fine: torch.Tensor | None = None
+    boundary_points: np.ndarray | None = None  # LPS points on the structure's surface
 
 
 def _intensity_config(recipe: DetectorRecipe) -> AugmentConfig | None:
@@ -239,20 +242,35 @@ class DetectorTrainer:
             module.load_state_dict(best_state)
         module.eval()
 
+    def _pretrain_loss(self, pred: torch.Tensor, target: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        """The one-channel target is compared with every output channel (as in the paper)."""
+        target = target.to(self.device).expand_as(pred)
+        kind = self.recipe.pretrain_loss
+        if kind == "mix":
+            # an "epoch" is a tenth of the stage, so t = (epoch + 1) / (E + 1) moves in ten steps
+            epochs = 10
+            return mixing_loss(pred, target, min(epochs - 1, (step - 1) * epochs // total), epochs)
+        if kind == "mse":
+            return mse(pred, target)
+        if kind == "logcosh":
+            return logcosh(pred, target)
+        raise ValueError(f"unknown pre-training loss {kind!r}")
+
+    def _pretrain_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sobel_magnitude(x) if self.recipe.pretrain_target == "edge" else x
+
     def pretrain(self, seg_cases: Sequence[Case]) -> None:
-        """BaPDG: regress the boundary distance map on every output channel, mixing loss log-cosh -> MSE."""
+        """Pre-train both networks to regress the segmentation-derived map (BaPDG, SegDG or EdgeDG)."""
         r = self.recipe
         net = self.network
 
         def coarse_step(step: int, total: int) -> torch.Tensor:
             x, t = self.coarse_batch(seg_cases, with_boundary=True)
-            pred = net.coarse(x.to(self.device))
-            return mixing_loss(pred, t.to(self.device).expand_as(pred), step - 1, total)
+            return self._pretrain_loss(net.coarse(self._pretrain_input(x).to(self.device)), t, step, total)
 
         def fine_step(step: int, total: int) -> torch.Tensor:
             x, t = self.fine_batch(seg_cases, with_boundary=True)
-            pred = net.fine(x.to(self.device))
-            return mixing_loss(pred, t.to(self.device).expand_as(pred), step - 1, total)
+            return self._pretrain_loss(net.fine(self._pretrain_input(x).to(self.device)), t, step, total)
 
         self._loop("pretrain-coarse", r.pretrain_coarse_steps, net.coarse, coarse_step)
         self._loop("pretrain-fine", r.pretrain_fine_steps, net.fine, fine_step)
@@ -325,15 +343,26 @@ def landmark_case(volume: Volume, landmarks: Landmarks, names: Sequence[str], pi
 
 
 def segmentation_case(volume: Volume, mask: np.ndarray, recipe: DetectorRecipe) -> Case:
-    """A pre-training case: image plus exact-EDT boundary maps for the coarse and fine grids."""
+    """A pre-training case: image plus the target maps for the coarse and fine grids.
+
+    ``boundary``: exact-EDT distance band around the structure's surface, ``max_dist`` grid voxels
+    wide; ``mask`` / ``edge``: the mask itself. Maps live on the source grid and are resampled
+    with the image, so augmentation moves them together.
+    """
     cfg = recipe.pipeline
     m = torch.as_tensor(mask.astype(bool))[None, None]
     case = Case(prepare_source(volume, cfg), np.zeros((0, 3)))
-    case.boundary_coarse = boundary_distance_target(m, recipe.max_dist * cfg.coarse_spacing, spacing=volume.spacing)[0, 0]
-    case.boundary_fine = boundary_distance_target(m, recipe.max_dist * cfg.fine_spacing, spacing=volume.spacing)[0, 0]
-    edge = (case.boundary_fine > 0.999).nonzero().numpy()[:, ::-1]  # (i, j, k)
+    if recipe.pretrain_target == "boundary":
+        case.boundary_coarse = boundary_distance_target(m, recipe.max_dist * cfg.coarse_spacing, spacing=volume.spacing)[0, 0]
+        case.boundary_fine = boundary_distance_target(m, recipe.max_dist * cfg.fine_spacing, spacing=volume.spacing)[0, 0]
+    elif recipe.pretrain_target in ("mask", "edge"):
+        case.boundary_coarse = case.boundary_fine = m[0, 0].float()
+    else:
+        raise ValueError(f"unknown pre-training target {recipe.pretrain_target!r}")
+    surface = boundary_distance_target(m, 1.0)[0, 0] > 0.999
+    edge = surface.nonzero().numpy()[:, ::-1].astype(float)  # (i, j, k)
     pick = np.random.default_rng(0).choice(len(edge), size=min(len(edge), 20000), replace=False)
-    case.boundary_points = volume.index_to_physical(edge[pick].astype(float))
+    case.boundary_points = volume.index_to_physical(edge[pick])
     return case
 
 
