@@ -1,4 +1,4 @@
-"""napari writers: a landmarks points layer -> .csv / .mrk.json / .fcsv (atomic, via the core)."""
+"""napari writers: a landmarks points layer -> .csv / .mrk.json / .fcsv / measurements CSV (atomic, via the core)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,49 @@ from typing import Any
 
 from .errors import DGLandmarkError
 from .io import write_landmarks
-from .layers import landmarks_from_points, protocol_of
+from .io.landmarks import Landmarks
+from .layers import geometry_from_metadata, landmarks_from_points, protocol_of
+from .session import export_landmarks_csv, export_measurements_csv, measurement_triples
+
+
+def _landmarks(data: Any, attributes: dict) -> Landmarks:
+    return landmarks_from_points(data, attributes.get("features"), attributes.get("metadata"))
+
+
+def _fail(path: str, exc: Exception) -> DGLandmarkError:
+    from napari.utils.notifications import show_error
+
+    msg = str(exc) if getattr(exc, "path", None) else f"{path}: {exc}"
+    show_error(msg)
+    return DGLandmarkError(msg)
 
 
 def write_points(path: str, data: Any, attributes: dict) -> list[str]:
-    """Write one points layer as landmarks; the format follows the file name; positions in RAS."""
-    try:
-        landmarks = landmarks_from_points(data, attributes.get("features"), attributes.get("metadata"))
-        protocol = protocol_of(attributes.get("metadata"), landmarks.names)
-        measurements = protocol.measurement_triples() if protocol is not None else ()
-        if protocol is not None:
-            known = {n.casefold() for n in landmarks.names}
-            measurements = [m for m in measurements if m[1].casefold() in known and m[2].casefold() in known]
-        write_landmarks(path, landmarks, coords="RAS", measurements=measurements)
-    except DGLandmarkError as exc:
-        from napari.utils.notifications import show_error
+    """Write one points layer as landmarks; the format follows the file name; positions in RAS.
 
-        msg = str(exc) if exc.path else f"{path}: {exc}"
-        show_error(msg)
-        raise DGLandmarkError(msg) from None
+    CSV gets every export column (``i,j,k`` when the layer knows its image grid, model and sha256).
+    """
+    try:
+        landmarks = _landmarks(data, attributes)
+        meta = attributes.get("metadata") or {}
+        protocol = protocol_of(meta, landmarks.names)
+        if str(path).lower().endswith(".csv"):
+            export_landmarks_csv(path, landmarks, "RAS", geometry_from_metadata(meta), meta.get("model_sha256"))
+        else:
+            write_landmarks(path, landmarks, coords="RAS", measurements=measurement_triples(landmarks, protocol))
+    except (DGLandmarkError, OSError) as exc:
+        raise _fail(path, exc) from None
+    return [str(path)]
+
+
+def write_measurements(path: str, data: Any, attributes: dict) -> list[str]:
+    """Write the protocol's distances of one points layer: ``measurement,value_mm,from,to,status``."""
+    try:
+        landmarks = _landmarks(data, attributes)
+        protocol = protocol_of(attributes.get("metadata"), landmarks.names)
+        if protocol is None:
+            raise DGLandmarkError("no protocol knows these landmark names, so no measurements are defined")
+        export_measurements_csv(path, landmarks, protocol)
+    except (DGLandmarkError, OSError) as exc:
+        raise _fail(path, exc) from None
     return [str(path)]

@@ -287,3 +287,17 @@ def measurement_rows(landmarks: Landmarks, protocol: Protocol | None) -> list[tu
 def format_mm(value: float, digits: int = 1) -> str:
     """A distance or coordinate for display; ``missing`` for NaN (never 0)."""
     return "missing" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def geometry_metadata(geometry: Geometry) -> dict[str, Any]:
+    """A JSON-able description of the image grid, kept in a points layer so exports can give i,j,k."""
+    return {"shape": [int(s) for s in geometry.shape], "spacing": [float(s) for s in geometry.spacing],
+            "origin": [float(o) for o in geometry.origin], "direction": np.asarray(geometry.direction).tolist()}
+
+
+def geometry_from_metadata(metadata: Mapping[str, Any] | None) -> Geometry | None:
+    """The image grid stored by :func:`geometry_metadata` in a layer's metadata, or None."""
+    g = (metadata or {}).get("geometry")
+    if not g:
+        return None
+    return Geometry(tuple(g["shape"]), tuple(g["spacing"]), tuple(g["origin"]), np.asarray(g["direction"], dtype=float))

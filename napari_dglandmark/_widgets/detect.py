@@ -1,52 +1,148 @@
-"""'Detect landmarks' dock widget (stage 1: the controls; the detection engine plugs in later)."""
+"""'Detect landmarks' dock widget: image layer + model + device -> a landmark points layer.
+
+Inference runs in a worker thread (the viewer stays responsive) with a progress bar and Cancel.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import DGLandmarkError
+from ..layers import KIND_KEY, geometry_metadata, points_layer_data, volume_from_image_layer
+from ..session import CorrectionSession, load_sidecar, read_sidecar
+from . import correction, landmark_layers
 
 if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-NO_ENGINE = "no detection engine installed"
+BROWSE = "Browse..."
+NO_MODELS = "(no bundled models: use Browse...)"
+#: loaded detectors by (checkpoint path, device); owned by this widget module, reused across runs
+_DETECTORS: dict[tuple[str, str], Any] = {}
+_DETECTORS_LOCK = threading.Lock()
 
 
-def _inference_module():
-    """``napari_dglandmark.model.inference`` or None while it does not exist."""
+def get_detector(model: str, device: str) -> Any:
+    """The cached Detector for ``model`` (bundled name or path) on ``device``, loaded on first use."""
+    from ..model.inference import Detector, resolve_model
+
+    key = (str(Path(resolve_model(model)).resolve()), device)
+    with _DETECTORS_LOCK:
+        if key not in _DETECTORS:
+            _DETECTORS[key] = Detector(key[0], device=device)
+        return _DETECTORS[key]
+
+
+def bundled_model_names() -> list[str]:
+    from ..model.inference import bundled_models
+
+    return list(bundled_models())
+
+
+def browse_checkpoint() -> str | None:
+    """A .safetensors file chosen by the user (module level, so tests can answer it)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(None, "Model checkpoint", "", "Model (*.safetensors)")
+    return path or None
+
+
+def landmark_layer_name(image: str, model: str) -> str:
+    return f"{image} landmarks ({model})"
+
+
+def _run_detection(model: str, device: str, volume: Any, progress: Callable[[int, int], None],
+                   cancelled: Callable[[], bool]) -> tuple[str, Any, Any]:
+    """Worker body: ("ok", landmarks, model info) / ("cancelled", None, None) / ("error", message, None)."""
+    from ..model.inference import Cancelled
+
     try:
-        return importlib.import_module("napari_dglandmark.model.inference")
-    except ImportError:
-        return None
+        detector = get_detector(model, device)
+        if cancelled():
+            raise Cancelled()
+        landmarks = detector.detect(volume, progress=progress, cancelled=cancelled)
+        return "ok", landmarks, detector.info
+    except Cancelled:
+        return "cancelled", None, None
+    except DGLandmarkError as exc:
+        return "error", str(exc), None
+    except Exception as exc:  # noqa: BLE001 - the widget must stay usable; the reason is shown
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return "error", f"detection failed: {exc.__class__.__name__}: {first}", None
 
 
 class DetectWidget(QWidget):
-    """Choose an image layer, a model and a device, then detect."""
+    """Choose an image layer, a model and a device, then detect (in a worker thread)."""
+
+    progressed = Signal(int, int)
+    #: emitted with the new/updated points layer (or None when nothing was added)
+    finished = Signal(object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        #: injectable for tests: yes/no questions and the checkpoint file dialog
+        self.ask: Callable[[str], bool] | None = None
+        self.browse: Callable[[], str | None] | None = None
+        self.worker: Any = None
+        self.progress_log: list[tuple[int, int]] = []
+        self._cancel = threading.Event()
+        self._browsed: list[str] = []
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.detect_button = QPushButton("Detect")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.detect_button)
+        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.detect_button)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
         layout.addStretch(1)
         self.detect_button.clicked.connect(self.detect)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model_combo.activated.connect(self._on_model_activated)
+        self.progressed.connect(self._on_progress)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.inserted.connect(self._offer_sidecar)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.layers.events.changed.connect(self._refresh_images)
         self._refresh_images()
         self._refresh_models()
+
+    # -- choices -----------------------------------------------------------------------------
+    def _ask(self, question: str) -> bool:
+        return (self.ask or correction.ask)(question)
 
     def _refresh_images(self, event=None) -> None:
         from napari.layers import Image
@@ -58,19 +154,195 @@ class DetectWidget(QWidget):
         if current in names:
             self.image_combo.setCurrentText(current)
 
-    def _refresh_models(self) -> None:
+    def _refresh_models(self, select: str | None = None) -> None:
+        try:
+            names = bundled_model_names()
+        except Exception:  # noqa: BLE001 - an engine that fails to import must not break the viewer
+            names = []
+        items = names + self._browsed
+        self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        engine = _inference_module()
-        lister = getattr(engine, "available_models", None) if engine else None
-        names = list(lister()) if callable(lister) else []
-        self.model_combo.addItems([str(n) for n in names] or ["(no models)"])
-        self.model_combo.setEnabled(bool(names))
+        self.model_combo.addItems(items or [NO_MODELS])
+        self.model_combo.addItem(BROWSE)
+        if select is not None:
+            self.model_combo.setCurrentText(select)
+        self.model_combo.blockSignals(False)
 
-    def detect(self) -> None:
-        """Run detection on the chosen image (stage 2 wires the engine in)."""
-        from napari.utils.notifications import show_info, show_warning
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemText(index) == BROWSE:
+            self.choose_checkpoint()
 
-        if _inference_module() is None:
-            show_warning(NO_ENGINE)
+    def choose_checkpoint(self, path: str | None = None) -> str | None:
+        """Add a .safetensors checkpoint to the model list and select it."""
+        path = path or (self.browse or browse_checkpoint)()
+        if not path:
+            self._refresh_models()
+            return None
+        if not str(path).endswith(".safetensors"):
+            from napari.utils.notifications import show_error
+
+            show_error(f"{path}: not a .safetensors model checkpoint")
+            self._refresh_models()
+            return None
+        if path not in self._browsed:
+            self._browsed.append(str(path))
+        self._refresh_models(select=str(path))
+        return str(path)
+
+    def model(self) -> str | None:
+        text = self.model_combo.currentText()
+        return None if text in (BROWSE, NO_MODELS, "") else text
+
+    # -- running -----------------------------------------------------------------------------
+    def detect(self) -> Any:
+        """Start detection on the chosen image; returns the worker (None when it could not start)."""
+        from napari.layers import Image
+        from napari.utils.notifications import show_error, show_warning
+
+        if self.worker is not None:
+            show_warning("a detection is already running")
+            return None
+        name = self.image_combo.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if not isinstance(layer, Image):
+            show_error("no 3D image layer: open a volume first")
+            return None
+        model = self.model()
+        if model is None:
+            show_error("no model chosen: pick a bundled model or Browse... for a .safetensors checkpoint")
+            return None
+        try:
+            volume = volume_from_image_layer(layer.data, layer.metadata, layer.affine.affine_matrix)
+        except DGLandmarkError as exc:
+            show_error(f"{name}: {exc}")
+            return None
+        from napari.qt.threading import create_worker
+
+        self._cancel.clear()
+        self.progress_log = []
+        self.progress.setRange(0, 0)  # busy until the first step reports (model loading)
+        self.status.setText(f"detecting on {name}...")
+        self.detect_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker = create_worker(_run_detection, model, self.device_combo.currentText(), volume,
+                               self.progressed.emit, self._cancel.is_set, _start_thread=False)
+        worker.returned.connect(lambda result, _layer=layer, _vol=volume: self._done(result, _layer, _vol))
+        worker.finished.connect(self._reset)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running detection to stop at its next step."""
+        self._cancel.set()
+        self.status.setText("cancelling...")
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_log.append((done, total))
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _reset(self) -> None:
+        self.worker = None
+        self.detect_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+
+    def _done(self, result: tuple[str, Any, Any], image_layer: Any, volume: Any) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        kind, payload, info = result
+        layer = None
+        try:
+            if kind == "cancelled":
+                self.status.setText("cancelled")
+                show_info("detection cancelled")
+            elif kind == "error":
+                self.status.setText(payload)
+                show_error(payload)
+            else:
+                layer = self._show_result(payload, info, image_layer, volume)
+        finally:
+            self.finished.emit(layer)
+
+    def _show_result(self, landmarks: Any, info: Any, image_layer: Any, volume: Any) -> Any:
+        """One points layer per image and model; asks before replacing corrections."""
+        from napari.utils.notifications import show_info
+
+        name = landmark_layer_name(image_layer.name, info.name)
+        image_path = image_layer.metadata.get("path") or volume.path
+        landmarks.image = image_path
+        session = CorrectionSession(landmarks, image=image_path, model=info.name, model_sha256=info.sha256,
+                                    protocol=info.protocol or None)
+        restored = False
+        if image_path:
+            try:
+                saved = load_sidecar(image_path, info.name)
+            except DGLandmarkError as exc:
+                saved = None
+                show_info(f"autosave not restored: {exc}")
+            if saved is not None and saved.edited and self._ask(
+                    f"{Path(image_path).name} has saved corrections for {info.name}. Restore them "
+                    "(No: start from the new detection)?"):
+                saved.model_sha256 = saved.model_sha256 or info.sha256
+                session, restored = saved, True
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if existing is not None:
+            corrector = correction.existing_corrector(existing)
+            if corrector is not None and corrector.session.edited and not restored \
+                    and not self._ask(f"{name} holds corrections. Replace them with the new detection?"):
+                self.status.setText("kept the corrected layer")
+                return existing
+            correction.corrector_for(existing, self.viewer, session)
+            existing.metadata.update(self._metadata(info, image_layer, volume))
+            layer = existing
+        else:
+            data, kwargs, _ = points_layer_data(session.landmarks, info.protocol or None, name=name,
+                                                image=image_path, model_sha256=info.sha256)
+            kwargs["metadata"].update(self._metadata(info, image_layer, volume))
+            layer = self.viewer.add_points(data, **kwargs)
+            correction.corrector_for(layer, self.viewer, session)
+        self.viewer.layers.selection.active = layer
+        self.status.setText(f"{len(landmarks)} landmarks from {info.name}")
+        show_info(f"detected {len(landmarks)} landmarks on {image_layer.name} with {info.name}")
+        return layer
+
+    @staticmethod
+    def _metadata(info: Any, image_layer: Any, volume: Any) -> dict[str, Any]:
+        return {"model": info.name, "model_path": info.path, "model_sha256": info.sha256,
+                "image_layer": image_layer.name, "geometry": geometry_metadata(volume.geometry)}
+
+    # -- reopening ---------------------------------------------------------------------------
+    def _offer_sidecar(self, event=None) -> None:
+        """An image with an autosave sidecar was opened: offer to bring its corrections back."""
+        from napari.layers import Image
+        from napari.utils.notifications import show_warning
+
+        layer = getattr(event, "value", None)
+        if not isinstance(layer, Image) or (layer.metadata or {}).get(KIND_KEY) != "volume":
             return
-        show_info("detection engine found; the Detect button is wired to it in the next release")
+        path = layer.metadata.get("path")
+        if not path:
+            return
+        try:
+            entries = read_sidecar(path)
+        except DGLandmarkError as exc:
+            show_warning(str(exc))
+            return
+        for model in entries:
+            name = landmark_layer_name(layer.name, model or "corrected")
+            if name in self.viewer.layers or any(lay.metadata.get("image") == path and lay.metadata.get("model")
+                                                 == (model or None) for lay in landmark_layers(self.viewer)):
+                continue
+            session = load_sidecar(path, model or None)
+            if session is None or not self._ask(f"{Path(path).name} has autosaved landmarks from "
+                                                 f"{model or 'a previous session'}. Restore them?"):
+                continue
+            volume = volume_from_image_layer(layer.data, layer.metadata)
+            data, kwargs, _ = points_layer_data(session.landmarks, session.protocol, name=name, image=path,
+                                                model_sha256=session.model_sha256)
+            kwargs["metadata"].update({"model": session.model, "image_layer": layer.name,
+                                       "geometry": geometry_metadata(volume.geometry)})
+            restored = self.viewer.add_points(data, **kwargs)
+            correction.corrector_for(restored, self.viewer, session)

@@ -1,16 +1,27 @@
-"""'Landmark table' dock widget: the landmarks of the current points layer, live."""
+"""'Landmark table' dock widget: the landmarks of the current points layer, live, with correction tools."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import QAbstractItemView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import DGLandmarkError
 from ..io.landmarks import normalise_name
 from ..layers import format_mm, landmark_table_rows, landmarks_from_points
 from . import LayerFollower
+from .correction import SHORTCUTS, Corrector, corrector_for
 
 if TYPE_CHECKING:
     import napari
@@ -19,7 +30,10 @@ COLUMNS = ("Landmark", "Status", "Confidence", "R (mm)", "A (mm)", "S (mm)")
 
 
 class LandmarkTableWidget(QWidget, LayerFollower):
-    """Name, status, confidence and RAS position per landmark; a row click centres the view on it."""
+    """Name, status, confidence and RAS position per landmark; a row click centres the view on it.
+
+    The selected row is the landmark a newly placed point becomes; Accept / Undo / Export act on the layer.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -34,12 +48,65 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.corrector: Corrector | None = None
+        self.accept_button = QPushButton("Accept (Y)")
+        self.undo_button = QPushButton("Undo (U)")
+        self.export_button = QPushButton("Export...")
+        self.coords_combo = QComboBox()
+        self.coords_combo.addItems(["RAS", "LPS"])
+        self.coords_combo.setToolTip("coordinate system of the exported CSV and .mrk.json")
+        buttons = QHBoxLayout()
+        for w in (self.accept_button, self.undo_button, self.export_button, self.coords_combo):
+            buttons.addWidget(w)
+        self.shortcuts = QLabel("Keys on the landmark layer: " + ", ".join(f"{k} {what}" for k, what in SHORTCUTS)
+                                + ". Add points mode (P) places the selected landmark.")
+        self.shortcuts.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
         layout.addWidget(self.table)
+        layout.addLayout(buttons)
+        layout.addWidget(self.shortcuts)
         layout.addWidget(self.message)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self.accept_button.clicked.connect(lambda: self.corrector and self.corrector.accept())
+        self.undo_button.clicked.connect(lambda: self.corrector and self.corrector.undo())
+        self.export_button.clicked.connect(self.export)
         self._follow()
+
+    def _rebind(self, event=None) -> None:
+        LayerFollower._rebind(self, event)
+        corrector = None
+        if self.layer is not None:
+            try:
+                corrector = corrector_for(self.layer, self.viewer)
+            except DGLandmarkError as exc:
+                self.message.setText(str(exc))
+        if corrector is not self.corrector:
+            if self.corrector is not None and self._on_current in self.corrector.listeners:
+                self.corrector.listeners.remove(self._on_current)
+            self.corrector = corrector
+            if corrector is not None:
+                corrector.listeners.append(self._on_current)
+        for w in (self.accept_button, self.undo_button, self.export_button):
+            w.setEnabled(self.corrector is not None)
+
+    def _on_current(self, name: str | None) -> None:
+        """The corrector's current landmark changed (keys N/B/Y) or its landmarks did: follow it."""
+        if name is not None and normalise_name(name) != normalise_name(self.selected_name() or ""):
+            self.table.blockSignals(True)
+            try:
+                self.select_landmark(name)
+            finally:
+                self.table.blockSignals(False)
+
+    def export(self) -> list:
+        """Export the layer's landmarks (CSV, measurements CSV, .mrk.json) to a file chosen by the user."""
+        if self.corrector is None:
+            from napari.utils.notifications import show_error
+
+            show_error("no landmark layer to export")
+            return []
+        return self.corrector.export_dialog(self.coords_combo.currentText())
 
     def refresh(self) -> None:
         """Rebuild the rows from the layer (keeps the selected landmark selected)."""
@@ -98,21 +165,12 @@ class LandmarkTableWidget(QWidget, LayerFollower):
 
     def _on_row_selected(self) -> None:
         name = self.selected_name()
-        if name is None or self.layer is None:
+        if name is None or self.layer is None or self.corrector is None:
             return
-        i = self.point_index(name)
-        if i is None:
-            from napari.utils.notifications import show_info
-
-            show_info(f"{name} is missing (no point to show)")
-            return
-        self.centre_on(i)
+        self.corrector.select(name)
 
     def centre_on(self, i: int) -> None:
         """Move every slider to point ``i`` and centre the camera on it; select the point."""
-        world = np.asarray(self.layer.data_to_world(self.layer.data[i]), dtype=float)
-        ndim = self.viewer.dims.ndim
-        world = world[-ndim:] if len(world) >= ndim else np.concatenate([self.viewer.dims.point[:ndim - len(world)], world])
-        self.viewer.dims.set_point(range(ndim), tuple(float(v) for v in world))
-        self.viewer.camera.center = tuple(float(world[d]) for d in self.viewer.dims.displayed)
+        if self.corrector is not None:
+            self.corrector.centre_on(i)
         self.layer.selected_data = {i}

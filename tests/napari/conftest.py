@@ -26,3 +26,22 @@ def sample_viewer(make_napari_viewer):
     viewer.open(str(SAMPLE_VOLUME), plugin=PLUGIN)
     viewer.open(str(SAMPLE_LANDMARKS), plugin=PLUGIN)
     return viewer
+
+
+@pytest.fixture(autouse=True)
+def _no_dialogs(tmp_path, monkeypatch):
+    """Sidecars go to a temporary folder; questions and file dialogs never block (answer No / cancel)."""
+    from napari_dglandmark import session
+    from napari_dglandmark._widgets import correction, detect
+
+    monkeypatch.setenv(session.SIDECAR_DIR_ENV, str(tmp_path / "sidecars"))
+    asked: list[str] = []
+
+    def no(question: str, title: str = "") -> bool:
+        asked.append(question)
+        return False
+
+    monkeypatch.setattr(correction, "ask", no)
+    monkeypatch.setattr(correction, "ask_save_path", lambda caption, start="": None)
+    monkeypatch.setattr(detect, "browse_checkpoint", lambda: None)
+    return asked

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
-from napari_dglandmark._widgets.detect import NO_ENGINE, DetectWidget
 from napari_dglandmark._widgets.measurements import MeasurementsWidget
 from napari_dglandmark._widgets.table import COLUMNS, LandmarkTableWidget
 from napari_dglandmark.io import read_landmarks, read_volume
@@ -61,25 +60,6 @@ def test_measurements_update_live_and_show_missing(sample_viewer, qtbot):
     values = widget.values()
     assert values["AC-PC"] == "missing"
     assert values["genu-splenium"] not in ("missing", "0.0")
-
-
-def test_detect_widget_without_engine(make_napari_viewer, qtbot, monkeypatch):
-    import napari.utils.notifications as notifications
-
-    from napari_dglandmark._widgets import detect
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_warning", shown.append)
-    monkeypatch.setattr(detect, "_inference_module", lambda: None)
-    viewer = make_napari_viewer()
-    widget = DetectWidget(viewer)
-    qtbot.addWidget(widget)
-    assert widget.image_combo.count() == 0
-    viewer.open(str(SAMPLE_VOLUME), plugin="napari-dglandmark")
-    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["afids_t1w_2mm"]
-    assert [widget.device_combo.itemText(i) for i in range(4)] == ["auto", "cpu", "cuda", "mps"]
-    widget.detect_button.click()
-    assert shown == [NO_ENGINE]
 
 
 def test_dock_widgets_from_manifest(make_napari_viewer):

@@ -1,0 +1,362 @@
+"""Live correction of a landmark points layer: names stay with their points, statuses follow edits.
+
+One :class:`Corrector` per landmark layer (see :func:`corrector_for`). It listens to the layer's
+``events.data`` (napari 0.9 actions ``added`` / ``changed`` / ``removed``), names newly placed points
+after the landmark selected in the table, feeds every edit through the Qt-free
+:class:`~napari_dglandmark.session.CorrectionSession` (statuses, undo) and autosaves the sidecar.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ..errors import DGLandmarkError
+from ..io.landmarks import Landmarks, normalise_name
+from ..layers import geometry_from_metadata, landmarks_from_points, points_layer_data, protocol_of
+from ..session import CorrectionSession, export_all, next_name, save_sidecar, sidecar_path
+
+#: (key, what it does): bound on each landmark layer; none is a napari default for points layers
+SHORTCUTS = (("N", "next landmark"), ("B", "previous landmark"),
+             ("Y", "accept the current landmark (verified) and go to the next"), ("U", "undo the last change"))
+AUTOSAVE_MS = 500
+_CORRECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ask(question: str, title: str = "napari-dglandmark") -> bool:
+    """A Yes/No question (module level, so tests can answer it)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(None, title, question, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    return answer == QMessageBox.Yes
+
+
+def ask_save_path(caption: str, start: str = "") -> str | None:
+    """A file name for an export (module level, so tests can answer it)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(None, caption, start, "Landmark CSV (*.csv)")
+    return path or None
+
+
+def _show(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{kind}")(message)
+
+
+def corrector_for(layer: Any, viewer: Any = None, session: CorrectionSession | None = None) -> Corrector:
+    """The layer's Corrector (made on first use); ``session`` replaces its state when given."""
+    corrector = _CORRECTORS.get(layer)
+    if corrector is None:
+        corrector = Corrector(layer, viewer, session)
+        _CORRECTORS[layer] = corrector
+    else:
+        if viewer is not None and corrector.viewer is None:
+            corrector.attach_viewer(viewer)
+        if session is not None:
+            corrector.replace(session)
+    return corrector
+
+
+def existing_corrector(layer: Any) -> Corrector | None:
+    return _CORRECTORS.get(layer)
+
+
+class Corrector:
+    """Keeps a landmark layer's names and statuses right while a person edits it."""
+
+    def __init__(self, layer: Any, viewer: Any = None, session: CorrectionSession | None = None) -> None:
+        self._layer = weakref.ref(layer)
+        self.viewer = None
+        landmarks = landmarks_from_points(layer.data, layer.features, layer.metadata)
+        self.protocol = protocol_of(layer.metadata, landmarks.names)
+        meta = layer.metadata
+        self.session = session or CorrectionSession(
+            landmarks, image=meta.get("image"), model=meta.get("model"), model_sha256=meta.get("model_sha256"),
+            protocol=self.protocol.name if self.protocol else None)
+        self.current: str | None = None
+        #: called with the current landmark name whenever it changes or the landmarks change
+        self.listeners: list[Callable[[str | None], None]] = []
+        self.ask: Callable[[str], bool] | None = None
+        self.ask_save_path: Callable[[str, str], str | None] | None = None
+        self.autosaved: Path | None = None
+        self._autosave_warned = False
+        self._busy = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(AUTOSAVE_MS)
+        self._timer.timeout.connect(self.save_now)
+        layer.events.data.connect(self._on_data)
+        layer.mouse_drag_callbacks.append(self._gesture)
+        for key, action in zip("nbyu", (self.next, self.previous, self.accept, self.undo), strict=True):
+            layer.bind_key(key, lambda _layer, _action=action: _action(), overwrite=True)
+        if session is not None:
+            self._write_layer(session.landmarks)
+        if viewer is not None:
+            self.attach_viewer(viewer)
+
+    @property
+    def layer(self) -> Any:
+        return self._layer()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.session.landmarks.names)
+
+    def attach_viewer(self, viewer: Any) -> None:
+        self.viewer = viewer
+        removing = getattr(viewer.layers.events, "removing", None)
+        if removing is not None:
+            removing.connect(self._on_removing)
+
+    def _ask(self, question: str) -> bool:
+        return (self.ask or ask)(question)
+
+    # -- edits -------------------------------------------------------------------------------
+    def _gesture(self, layer: Any, event: Any):
+        """Mouse drag callback: every step of one drag is one undo entry."""
+        self.session.begin_gesture()
+        yield
+        while event.type == "mouse_move":
+            yield
+        self.session.end_gesture()
+
+    def _on_data(self, event: Any) -> None:
+        action = str(getattr(event, "action", ""))
+        if self._busy or action not in ("added", "changed", "removed") or self.layer is None:
+            return
+        self._busy = True
+        try:
+            if action == "added":
+                self._name_new_points(getattr(event, "data_indices", ()) or ())
+            layer = self.layer
+            try:
+                new = landmarks_from_points(layer.data, layer.features, layer.metadata)
+            except DGLandmarkError as exc:
+                _show("warning", str(exc))
+                return
+            result = self.session.edit(new)
+            if action == "changed":
+                self._write_statuses(result)
+            else:
+                self._write_layer(result)
+        finally:
+            self._busy = False
+        self._changed()
+
+    def _point_of(self, name: str, skip: int | None = None) -> int | None:
+        key = normalise_name(name)
+        for i, value in enumerate(self.layer.features["landmark"]):
+            if i != skip and isinstance(value, str) and value.strip() and normalise_name(value) == key:
+                return i
+        return None
+
+    def _first_missing(self) -> str | None:
+        lms = self.session.landmarks
+        for i, name in enumerate(lms.names):
+            if not lms.defined[i] and self._point_of(name) is None:
+                return name
+        return None
+
+    def _name_new_points(self, indices) -> None:
+        """A placed point becomes the selected landmark (moving its point if it has one); never by order."""
+        layer = self.layer
+        n = len(layer.data)
+        features = layer.features.copy()
+        names = [v if isinstance(v, str) else "" for v in features["landmark"]]
+        drop: list[int] = []
+        for i in sorted({int(k) % n for k in indices if n}):
+            if names[i].strip():
+                continue  # pasted or programmatic points carry their own name
+            target = self.current or self._first_missing()
+            if target is None:
+                drop.append(i)
+                _show("info", "select a landmark in the table before placing a point")
+                continue
+            j = self._point_of(target, skip=i)
+            if j is not None:
+                layer.data[j] = layer.data[i]
+                drop.append(i)
+            else:
+                names[i] = target
+                features.loc[i, "status"] = "added"
+        features["landmark"] = names
+        layer.features = features
+        if drop:
+            layer.remove(drop)
+
+    def _write_statuses(self, landmarks: Landmarks) -> None:
+        """Only the status column (keeps a drag in progress undisturbed)."""
+        layer = self.layer
+        features = layer.features.copy()
+        status = []
+        for value, old in zip(features["landmark"], features["status"], strict=True):
+            try:
+                status.append(landmarks.status[landmarks.index_of(str(value))])
+            except KeyError:
+                status.append(old)
+        if list(features["status"]) != status:
+            features["status"] = status
+            layer.features = features
+
+    def _write_layer(self, landmarks: Landmarks) -> None:
+        """Points, names, statuses and colours of the whole layer from ``landmarks``."""
+        layer = self.layer
+        selected = {str(layer.features["landmark"][i]) for i in layer.selected_data
+                    if i < len(layer.features)}
+        data, kwargs, _ = points_layer_data(landmarks, self.protocol, name=layer.name)
+        busy, self._busy = self._busy, True
+        try:
+            layer.data = data
+            layer.features = kwargs["features"]
+            if len(data):
+                layer.face_color = kwargs["face_color"]
+                layer.border_color = kwargs["border_color"]
+                layer.border_width = kwargs["border_width"]
+            layer.selected_data = {i for i, v in enumerate(kwargs["features"]["landmark"]) if v in selected}
+        finally:
+            self._busy = busy
+
+    def replace(self, session: CorrectionSession) -> None:
+        """Take a new session (a new detection or a restored sidecar) and show it."""
+        self.session = session
+        self._write_layer(session.landmarks)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.session.image:
+            self._timer.start()
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener(self.current)
+
+    # -- actions -----------------------------------------------------------------------------
+    def select(self, name: str | None, centre: bool = True) -> None:
+        """Make ``name`` the current landmark; centre the view on its point and select the point."""
+        self.current = name
+        if name is not None and self.layer is not None:
+            i = self._point_of(name)
+            if i is None:
+                _show("info", f"{name} is missing: press Add points and click to place it")
+            else:
+                if centre:
+                    self.centre_on(i)
+                self.layer.selected_data = {i}
+        self._notify()
+
+    def centre_on(self, i: int) -> None:
+        """Move every slider to point ``i`` and centre the camera on it (2D and 3D)."""
+        if self.viewer is None:
+            return
+        layer = self.layer
+        world = np.asarray(layer.data_to_world(layer.data[i]), dtype=float)
+        dims = self.viewer.dims
+        ndim = dims.ndim
+        if len(world) < ndim:
+            world = np.concatenate([np.asarray(dims.point[: ndim - len(world)]), world])
+        world = world[-ndim:]
+        dims.set_point(range(ndim), tuple(float(v) for v in world))
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera is deprecated there
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.center = tuple(float(world[d]) for d in dims.displayed)
+
+    def next(self) -> None:
+        self.select(next_name(self.names, self.current, 1))
+
+    def previous(self) -> None:
+        self.select(next_name(self.names, self.current, -1))
+
+    def _target(self) -> str | None:
+        if self.current:
+            return self.current
+        layer = self.layer
+        if layer is not None and len(layer.selected_data) == 1:
+            return str(layer.features["landmark"][next(iter(layer.selected_data))])
+        return None
+
+    def accept(self) -> None:
+        """The current landmark is right: status ``verified``; then go to the next one."""
+        name = self._target()
+        if name is None:
+            _show("info", "select a landmark to accept")
+            return
+        try:
+            result = self.session.accept(name)
+        except (DGLandmarkError, KeyError) as exc:
+            _show("warning", str(exc).strip("'"))
+            return
+        self._write_statuses(result)
+        self._changed()
+        self.current = name
+        self.next()
+
+    def undo(self) -> None:
+        previous = self.session.undo()
+        if previous is None:
+            _show("info", "nothing to undo")
+            return
+        self._write_layer(previous)
+        self._changed()
+
+    # -- files -------------------------------------------------------------------------------
+    def save_now(self) -> Path | None:
+        """Write the autosave sidecar now (normally debounced after each change)."""
+        self._timer.stop()
+        if not self.session.image:
+            return None
+        try:
+            self.autosaved = save_sidecar(self.session)
+        except (DGLandmarkError, OSError) as exc:
+            if not self._autosave_warned:  # once, not after every drag step
+                self._autosave_warned = True
+                _show("warning", f"autosave failed: {exc}")
+            return None
+        return self.autosaved
+
+    def export(self, path: str | Path, coords: str = "RAS") -> list[Path]:
+        """Landmark CSV, measurements CSV and .mrk.json next to ``path`` (atomic); marks the session exported."""
+        geometry = geometry_from_metadata(self.layer.metadata if self.layer is not None else None)
+        paths = export_all(path, self.session.landmarks, self.protocol, coords, geometry, self.session.model_sha256)
+        self.session.mark_exported()
+        self.save_now()
+        return paths
+
+    def export_dialog(self, coords: str = "RAS") -> list[Path]:
+        """Ask for a file name and export; errors become a notification."""
+        start = ""
+        if self.session.image:
+            start = str(sidecar_path(self.session.image)).replace(".dglandmark.json", "_landmarks.csv")
+        path = (self.ask_save_path or ask_save_path)("Export landmarks", start)
+        if not path:
+            return []
+        try:
+            paths = self.export(path, coords)
+        except (DGLandmarkError, OSError) as exc:
+            _show("error", f"export failed: {exc}")
+            return []
+        _show("info", f"exported {', '.join(p.name for p in paths)} to {paths[0].parent}")
+        return paths
+
+    def _on_removing(self, event: Any) -> None:
+        """napari cannot veto a removal: offer to export, and the autosave keeps the corrections anyway."""
+        try:
+            layer = self.viewer.layers[event.index]
+        except (IndexError, TypeError, AttributeError):
+            return
+        if layer is not self.layer:
+            return
+        self.viewer.layers.events.removing.disconnect(self._on_removing)
+        if not (self.session.unexported and self.session.edited):
+            return
+        where = self.save_now()
+        kept = f" (they stay in {where.name})" if where else ""
+        if self._ask(f"{layer.name} has corrections that were not exported{kept}. Export them now?"):
+            self.export_dialog()
