@@ -28,8 +28,9 @@ from napari_dglandmark.io.atomic import atomic_path, write_text_atomic
 
 from .data import find_landmark_cases, read_case_landmarks
 
-SDR_RADII = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-CURVE_RADII = np.round(np.arange(0.0, 6.0 + 1e-9, 0.1), 1)
+CURVE_RADII = np.round(np.arange(0.0, 6.0 + 1e-9, 0.1), 1)  # the paper's Fig. 3 x axis
+SDR_RADII = CURVE_RADII  # alias used by training.benchmark
+REPORT_RADII = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # SDR values listed in metrics.json and per_landmark.csv
 FAILURE_POLICY = ("unplaced landmarks (NaN prediction where a truth exists) are failures: infinite error, "
                   "counted against SDR at every radius; MRE/median/std are over placed landmarks only")
 Progress = Callable[[int, int], None]
@@ -62,9 +63,21 @@ def summarise(errors: np.ndarray) -> dict:
 
     out = {"n": int(evaluated.size), "failures": int(evaluated.size - placed.size),
            "mre_mm": stat(np.mean), "std_mm": stat(np.std), "median_mm": stat(np.median), "max_mm": stat(np.max)}
-    for r in SDR_RADII:
+    for r in REPORT_RADII:
         out[f"sdr_{r:g}mm"] = sdr(flat, r)
     return out
+
+
+def sdr_curve(errors: np.ndarray) -> np.ndarray:
+    """SDR (fraction) at every radius of ``CURVE_RADII`` (0-6 mm in 0.1 mm steps)."""
+    return np.array([sdr(np.asarray(errors, dtype=float).ravel(), float(r)) for r in CURVE_RADII])
+
+
+def summarise_errors(errors: np.ndarray) -> dict:
+    """``{"mre", "median", "failures", "n", "sdr": {radius: fraction}}`` over ``CURVE_RADII`` (same failure policy)."""
+    s = summarise(errors)
+    return {"mre": s["mre_mm"], "median": s["median_mm"], "std": s["std_mm"], "failures": s["failures"],
+            "n": s["n"], "sdr": dict(zip((float(r) for r in CURVE_RADII), sdr_curve(errors).tolist(), strict=True))}
 
 
 @dataclass
@@ -92,12 +105,12 @@ class Evaluation:
     def metrics(self) -> dict:
         errors = self.errors
         overall = summarise(errors)
-        curve = [sdr(errors, r) for r in CURVE_RADII]
+        curve = sdr_curve(errors).tolist()
         return {
             **overall,
             "n_cases": len(self.cases),
             "n_landmarks": len(self.names),
-            "sdr_mm": {f"{r:g}": overall[f"sdr_{r:g}mm"] for r in SDR_RADII},
+            "sdr_mm": {f"{r:g}": overall[f"sdr_{r:g}mm"] for r in REPORT_RADII},
             "sdr_curve": {"radius_mm": CURVE_RADII.tolist(), "sdr": curve},
             "failure_policy": FAILURE_POLICY,
             "coordinates": "physical mm (LPS internally; predictions.csv is written in RAS)",

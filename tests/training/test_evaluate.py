@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from napari_dglandmark.io import Landmarks
-from training.evaluate import CURVE_RADII, Evaluation, landmark_errors, sdr, snapshot, summarise, write_report
+from training.evaluate import (
+    CURVE_RADII,
+    Evaluation,
+    landmark_errors,
+    sdr,
+    snapshot,
+    summarise,
+    summarise_errors,
+    write_report,
+)
 
 from .test_data import phantom
 
@@ -63,6 +72,8 @@ def test_failure_policy_helpers():
     assert sdr(np.array([1.0, np.inf, np.nan]), 10.0) == 0.5
     s = summarise(np.array([np.inf, np.inf]))
     assert s["failures"] == 2 and np.isnan(s["mre_mm"]) and s["sdr_6mm"] == 0.0
+    stats = summarise_errors(np.array([0.5, 1.5, np.inf, np.nan]))
+    assert stats["mre"] == 1.0 and stats["failures"] == 1 and stats["sdr"][2.0] == pytest.approx(2 / 3)
     assert CURVE_RADII[0] == 0.0 and CURVE_RADII[-1] == 6.0 and len(CURVE_RADII) == 61
     t = Landmarks(["x", "y"], np.zeros((2, 3)))
     p = Landmarks(["Y", "X"], np.array([[0, 0, 2.0], [np.nan] * 3]))  # names matched case-insensitively
