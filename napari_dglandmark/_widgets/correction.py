@@ -172,8 +172,11 @@ class Corrector:
         names = [v if isinstance(v, str) else "" for v in features["landmark"]]
         drop: list[int] = []
         for i in sorted({int(k) % n for k in indices if n}):
-            if names[i].strip():
-                continue  # pasted or programmatic points carry their own name
+            # napari copies the selected point's features into a new point, so its name is not trusted
+            # unless no landmark is selected and the name is new
+            own = names[i].strip()
+            if not self.current and own and self._point_of(own, skip=i) is None:
+                continue
             target = self.current or self._first_missing()
             if target is None:
                 drop.append(i)

@@ -95,7 +95,7 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         if name is not None and normalise_name(name) != normalise_name(self.selected_name() or ""):
             self.table.blockSignals(True)
             try:
-                self.select_landmark(name)
+                self._select_row(name)
             finally:
                 self.table.blockSignals(False)
 
@@ -156,6 +156,13 @@ class LandmarkTableWidget(QWidget, LayerFollower):
 
     def select_landmark(self, name: str) -> bool:
         """Select the table row of ``name`` (which centres the view on it); False when absent."""
+        already = normalise_name(self.selected_name() or "") == normalise_name(name)
+        found = self._select_row(name)
+        if found and already:
+            self._on_row_selected()  # no selection change, but the user asked again: centre again
+        return found
+
+    def _select_row(self, name: str) -> bool:
         for r in range(self.table.rowCount()):
             item = self.table.item(r, 0)
             if item is not None and normalise_name(item.text()) == normalise_name(name):
