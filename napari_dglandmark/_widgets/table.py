@@ -48,6 +48,7 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(240)  # a dock squeezes it to the header otherwise
         self.corrector: Corrector | None = None
         self.accept_button = QPushButton("Accept (Y)")
         self.undo_button = QPushButton("Undo (U)")

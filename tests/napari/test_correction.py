@@ -9,7 +9,7 @@ import pytest
 
 from napari_dglandmark import session as S
 from napari_dglandmark._reader import read_paths
-from napari_dglandmark._sample_data import SAMPLE_VOLUME
+from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 from napari_dglandmark._widgets import correction
 from napari_dglandmark._widgets.detect import DetectWidget, landmark_layer_name
 from napari_dglandmark._widgets.measurements import MeasurementsWidget
@@ -58,8 +58,8 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     viewer.open_sample(PLUGIN, "afids_t1w")
     viewer.layers.remove(viewer.layers[1])  # the ground truth; we detect instead
     detect, table, meas = DetectWidget(viewer), LandmarkTableWidget(viewer), MeasurementsWidget(viewer)
-    for w, area in ((detect, "right"), (table, "right"), (meas, "right")):
-        viewer.window.add_dock_widget(w, area=area)
+    for w, name in ((detect, "Detect landmarks"), (table, "Landmark table"), (meas, "Measurements")):
+        viewer.window.add_dock_widget(w, area="right", name=name)
     assert detect.image_combo.currentText() == "afids_t1w"
     assert detect.choose_checkpoint(str(tiny_model_path)) == str(tiny_model_path)
 
@@ -81,20 +81,24 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     assert layer.selected_data == {pc} and table.corrector.current == "PC"
 
     # move it (what a drag does: a 'changed' data event) -> corrected, measurement follows
-    moved = layer.data[_idx(layer, "AC")] + [0.0, 25.0, 0.0]  # 25 mm posterior of AC
+    truth = read_landmarks(SAMPLE_LANDMARKS)  # the untrained model is off: correct PC and AC to the truth
+    moved = truth.get("PC")[::-1]
     data = layer.data.copy()
     data[pc] = moved
     layer.data = data
     assert layer.features["status"][pc] == "corrected" and _row(table, "PC")[1] == "corrected"
-    assert float(meas.values()["AC-PC"]) == pytest.approx(25.0, abs=0.051)
+    expected = np.linalg.norm(moved - layer.data[_idx(layer, "AC")])
+    assert float(meas.values()["AC-PC"]) == pytest.approx(expected, abs=0.051)
 
     # add mode while AC is selected: the click moves AC (identity from the table, not from point order)
     table.select_landmark("AC")
-    target = layer.data[_idx(layer, "AC")] + [2.0, 0.0, 0.0]
+    target = truth.get("AC")[::-1]
     layer.add(target)
     assert len(layer.data) == 32 and _idx(layer, "AC") is not None
     np.testing.assert_allclose(layer.data[_idx(layer, "AC")], target)
     assert _row(table, "AC")[1] == "corrected"
+    acpc = np.linalg.norm(truth.get("AC") - truth.get("PC"))
+    assert float(meas.values()["AC-PC"]) == pytest.approx(acpc, abs=0.051)
 
     # delete AC -> missing, row kept, measurement missing; placing it again -> added; undo -> back
     layer.selected_data = {_idx(layer, "AC")}
@@ -109,6 +113,8 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     assert _row(table, "AC")[1] == "missing" and len(layer.data) == 31
     table.undo_button.click()
     assert _row(table, "AC")[1] == "corrected"
+    acpc = np.linalg.norm(truth.get("AC") - truth.get("PC"))
+    assert float(meas.values()["AC-PC"]) == pytest.approx(acpc, abs=0.051)
     np.testing.assert_allclose(layer.data[_idx(layer, "AC")], target)
 
     # keys: accept (Y) marks verified and goes to the next landmark; N/B step
@@ -127,7 +133,7 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     assert saved.landmarks.status[saved.landmarks.index_of("PC")] == "corrected"
 
     # screenshots: window with the docks, a 2D slice at PC with labels, the 3D view
-    viewer.window.resize(1400, 900)
+    viewer.window.resize(1400, 1000)
     table.select_landmark("PC")
     layer.selected_data = set()
     viewer.dims.thickness = (3.0, 3.0, 3.0)
@@ -221,7 +227,7 @@ def test_errors_are_notifications_and_the_widget_stays_usable(make_napari_viewer
 
 
 def test_reopening_an_image_offers_its_autosave(make_napari_viewer, qtbot, monkeypatch, _no_dialogs):
-    lms = read_landmarks(SAMPLE_VOLUME.with_name("afids_t1w_2mm_groundtruth.mrk.json"))
+    lms = read_landmarks(SAMPLE_LANDMARKS)
     lms.image = str(SAMPLE_VOLUME)
     s = S.CorrectionSession(lms, model="tiny", protocol="afids32")
     moved = lms.copy()
