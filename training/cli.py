@@ -245,7 +245,15 @@ def _import_pth(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    raise DGLandmarkError("benchmark is not yet available")
+    import torch
+
+    from .benchmark import run_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_benchmark(args.config, args.out, args.data, preset=args.preset,
+                  extra=[Path(p) for p in args.extra_domain or []], methods=args.methods, seeds=args.seeds)
+    return 0
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -300,7 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", choices=["paper", "default"], help="hyper-parameter preset")
     p.set_defaults(func=_import_pth)
 
-    p = sub.add_parser("benchmark", help="(not yet available)")
+    p = sub.add_parser("benchmark", help="domain-generalisation benchmark (methods x seeds x unseen domains)")
+    p.add_argument("--config", required=True, help="benchmark TOML (e.g. benchmarks/dg_afids.toml)")
+    p.add_argument("--preset", default="cpu", help="preset section of the config: cpu (~1 h, 2 cores) or gpu")
+    p.add_argument("--out", default="benchmarks/results/dg", help="results folder (tables, figure, JSON)")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"),
+                   help="the shared data folder (afids-mni2009c/, mni-icbm152-2009a/)")
+    p.add_argument("--extra-domain", action="append", help="extra landmark dataset folder, evaluated the same way")
+    p.add_argument("--methods", nargs="+", help="subset of the config's methods")
+    p.add_argument("--seeds", nargs="+", type=int, help="subset of the config's seeds")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.set_defaults(func=_benchmark)
     return parser
 

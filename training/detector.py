@@ -72,6 +72,7 @@ class DetectorRecipe:
     pretrain_target: str = "boundary"  # boundary (BaPDG) | mask (SegDG) | edge (EdgeDG: Sobel input, mask target)
     pretrain_loss: str = "mix"  # mix (log-cosh -> MSE) | mse | logcosh
     val_every: int = 250
+    log_every: int = 25
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -202,10 +203,16 @@ class DetectorTrainer:
 
     # ------------------------------------------------------------------ stages
     def _optimiser(self, module: torch.nn.Module, steps: int):
+        """AdamW with a linear warm-up (10 %) and cosine decay; valid for any number of steps."""
         opt = torch.optim.AdamW(module.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.recipe.lr, total_steps=max(steps, 2),
-                                                    pct_start=0.1)
-        return opt, sched
+        warm = max(1, steps // 10)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     def _loop(self, stage: str, steps: int, module: torch.nn.Module, step_fn, validate=None) -> None:
         if steps <= 0:
@@ -222,7 +229,7 @@ class DetectorTrainer:
             sched.step()
             running.append(float(loss.detach()))
             row = None
-            if step % 25 == 0 or step == steps:
+            if step % self.recipe.log_every == 0 or step == steps:
                 row = {"stage": stage, "step": step, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
                        "seconds": round(time.time() - t0, 1)}
                 running = []

@@ -75,8 +75,8 @@ def test_user_errors_exit_2(tmp_path, tiny, capsys):
     lms = make_landmark_dataset(tmp_path / "lms", 1)
     assert main(["finetune", "--data", str(lms), "--out", str(tmp_path / "r"), "--config", str(bad)]) == 2
     assert "malformed config" in capsys.readouterr().err
-    assert main(["benchmark"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert main(["benchmark", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "no such benchmark config" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "none.safetensors"), "--data", str(lms),
                  "--out", str(tmp_path / "e")]) == 2
     assert main(["finetune", "--data", str(lms), "--out", str(tmp_path / "r2"), "--resume", "--preset", "paper",

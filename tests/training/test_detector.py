@@ -28,7 +28,7 @@ def _recipe(**kw):
         coarse_net=dict(name="resunet3d", base_width=4, depth=2, blocks_per_stage=1),
         fine_net=dict(name="resunet3d", base_width=4, depth=1, blocks_per_stage=1),
         pretrain_coarse_steps=2, pretrain_fine_steps=2, coarse_steps=25, fine_steps=10, batch_coarse=2,
-        batch_fine=4, val_every=25, rotation_deg=5.0, elastic_mm=1.0, **kw)
+        batch_fine=4, val_every=25, log_every=5, rotation_deg=5.0, elastic_mm=1.0, **kw)
 
 
 def test_recipe_trains_saves_and_detects(tmp_path):
