@@ -187,7 +187,7 @@ class CorrectionSession:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def _writable_dir(folder: Path) -> bool:

@@ -63,7 +63,7 @@ def save_checkpoint(path: str | os.PathLike, network: nn.Module, metadata: dict[
     meta = dict(metadata)
     meta["architecture"] = architecture_of(network)
     meta["format_version"] = FORMAT_VERSION
-    meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     meta.pop("sha256", None)
     header_json = json.dumps(meta, default=_json_default, sort_keys=True)
     # Round-trip through JSON so the sidecar holds exactly what the header holds.
