@@ -59,8 +59,10 @@ def test_vitpose_default_builds() -> None:
 
 
 def test_registry_and_hparams_round_trip() -> None:
-    assert set(NETWORKS) == {"resunet3d", "vitpose3d"}
-    for net in (ResUNet3D(base_width=4, depth=2, norm="group"), _tiny_vit()):
+    assert set(NETWORKS) == {"resunet3d", "vitpose3d", "two-stage"}
+    two_stage = build_network("two-stage", coarse=dict(name="resunet3d", base_width=4, depth=1, out_channels=2),
+                              fine=dict(name="resunet3d", base_width=4, depth=1, out_channels=2))
+    for net in (ResUNet3D(base_width=4, depth=2, norm="group"), _tiny_vit(), two_stage):
         arch = architecture_of(net)
         arch = json.loads(json.dumps(arch))  # must be JSON-serialisable
         rebuilt = build_network(arch["name"], **arch["hparams"])
