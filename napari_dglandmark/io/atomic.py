@@ -12,6 +12,13 @@ from typing import IO
 from ..errors import DGLandmarkError
 
 
+def _default_mode() -> int:
+    """Permissions a normally created file gets (mkstemp's are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def check_output_path(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path, raising a clear error when its folder does not exist."""
     out = Path(path)
@@ -26,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     """Open a temporary file next to ``path``; rename it over ``path`` only on success."""
     out = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.chmod(tmp, _default_mode())
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -48,6 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix = "".join(out.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=suffix, dir=out.parent)
     os.close(fd)
+    os.chmod(tmp, _default_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, out)
