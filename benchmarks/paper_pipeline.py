@@ -24,7 +24,7 @@ def detect_paper(path: str, landmarks: int = 32) -> np.ndarray:
     lo, hi = np.percentile(arr, [5, 95])
     arr = np.clip((arr - lo) / (hi - lo), 0, 1)
     factors = np.array([128, 128, 128]) / np.array(arr.shape)
-    small = ndimage.zoom(arr, factors, order=3)
+    small = ndimage.zoom(arr, factors, order=3).astype(np.float32)
     net = ResUNet3D(1, landmarks, base_width=32, depth=3).eval()
     with torch.inference_mode():
         maps = net(torch.as_tensor(small)[None, None])[0]
