@@ -33,6 +33,20 @@ class LayerFollower:
     viewer: Any
     layer: Any = None
 
+    def _build_panel(self, viewer: napari.viewer.Viewer, columns: tuple[str, ...]) -> None:
+        """The shared parts of a landmark panel: a title, a read-only table and a message line."""
+        from qtpy.QtWidgets import QAbstractItemView, QLabel, QTableWidget
+
+        self.viewer = viewer
+        self.layer = None
+        self.title = QLabel()
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.table = QTableWidget(0, len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+
     def _follow(self) -> None:
         sel = self.viewer.layers.selection.events
         sel.active.connect(self._rebind)

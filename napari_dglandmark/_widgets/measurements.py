@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QAbstractItemView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QTableWidgetItem, QVBoxLayout, QWidget
 
 from ..errors import DGLandmarkError
 from ..layers import format_mm, landmarks_from_points, measurement_rows, protocol_of
@@ -21,15 +21,7 @@ class MeasurementsWidget(QWidget, LayerFollower):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.layer = None
-        self.title = QLabel()
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        self._build_panel(napari_viewer, COLUMNS)
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
         layout.addWidget(self.table)

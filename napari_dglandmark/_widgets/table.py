@@ -11,7 +11,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -37,17 +36,9 @@ class LandmarkTableWidget(QWidget, LayerFollower):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.layer = None
-        self.title = QLabel()
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self._build_panel(napari_viewer, COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(240)  # a dock squeezes it to the header otherwise
         self.corrector: Corrector | None = None
         self.accept_button = QPushButton("Accept (Y)")
