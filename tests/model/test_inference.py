@@ -107,3 +107,23 @@ def test_pipeline_config_round_trips_through_metadata():
 def test_prepare_source_normalises_to_unit_range():
     src = prepare_source(_phantom(), PipelineConfig())
     assert 0.0 <= float(src.image.min()) and float(src.image.max()) <= 1.0
+
+
+def test_out_of_memory_on_the_accelerator_falls_back_to_cpu(tiny_model_path):
+    """A CUDA OOM mid-detection is answered with a warning and a CPU re-run, not a crash."""
+    det = Detector(tiny_model_path, device="cpu")
+    coarse = det.network.coarse
+    calls = {"n": 0}
+
+    class FailsOnce(torch.nn.Module):
+        def forward(self, x):
+            calls["n"] += 1
+            if x.device.type == "meta":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return coarse(x)
+
+    det.network.coarse = FailsOnce()
+    det.device = torch.device("meta")  # stands in for a GPU: tensors move, the forward pass "runs out"
+    with pytest.warns(UserWarning, match="falling back to the CPU"):
+        lms = det.detect(_phantom())
+    assert det.device.type == "cpu" and calls["n"] == 2 and np.isfinite(lms.positions).all()
