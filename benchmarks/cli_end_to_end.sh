@@ -16,7 +16,7 @@ printf 'base_width = 16\ndepth = 3\nblocks_per_stage = 1\ngrid_size = 64\n' > "$
 python scripts/make_test_domains.py --out "$WORK/deformed" --cases 4 --seed 1000 > /dev/null
 
 time dglandmark-train pretrain --data "$WORK/seg.csv" --labels ">127" --target boundary --loss mix \
-    --max-dist 5 --protocol afids32 --config "$WORK/small.toml" --max-steps 150 --out "$WORK/pretrain"
+    --max-dist 5 --protocol afids32 --config "$WORK/small.toml" --max-steps 100 --out "$WORK/pretrain"
 time dglandmark-train finetune --data "$WORK/train.csv" --protocol afids32 --init "$WORK/pretrain/model.safetensors" \
     --max-steps 300 --out "$WORK/finetune"
 dglandmark-train finetune --data "$WORK/train.csv" --protocol afids32 --max-steps 1 --out "$WORK/untrained"
