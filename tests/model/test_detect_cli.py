@@ -135,4 +135,4 @@ def test_detect_subprocess_has_no_traceback(tmp_path, tiny_model_path):
 def test_models_lists_bundled(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out
-    assert "afids32" in text or "no bundled models" in text
+    assert text.startswith("afids32") and "protocol: afids32 (32 landmarks)" in text and "MRE" in text
