@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,8 @@ def snapshot(volume: Volume, truth: Landmarks, prediction: Landmarks, path: Path
         if np.isfinite(p).all():
             ax.plot(*volume.physical_to_index(p)[:2], "x", color="red", ms=7, mew=1.5)
         err = float(np.linalg.norm(p - t)) if np.isfinite(p).all() and np.isfinite(t).all() else math.inf
-        ax.set_title(f"{name} {err:.1f} mm" if math.isfinite(err) else f"{name} failed", fontsize=8)
+        label = textwrap.shorten(name, width=22, placeholder="...")
+        ax.set_title(f"{label}\n{err:.1f} mm" if math.isfinite(err) else f"{label}\nfailed", fontsize=7)
     fig.suptitle(f"{title}  (+ truth, x prediction; slice through the truth)", fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
