@@ -59,6 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, _default_mode())
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_mode())  # writers that re-create the file (safetensors) lose the first chmod
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
