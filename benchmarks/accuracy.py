@@ -86,7 +86,7 @@ def run(model: str, cases: int, out: Path, threads: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="afids32")
-    ap.add_argument("--cases", type=int, default=10)
+    ap.add_argument("--cases", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy"))
     args = ap.parse_args()
