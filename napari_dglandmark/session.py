@@ -22,7 +22,7 @@ import numpy as np
 from .errors import DGLandmarkError
 from .io.atomic import write_text_atomic
 from .io.csv_table import format_rows, landmark_rows
-from .io.landmarks import Landmarks, check_coordinate_system, normalise_name
+from .io.landmarks import Landmarks, check_coordinate_system, distance, normalise_name
 from .io.markups_json import write_mrk_json
 from .io.volume import Geometry, strip_volume_suffix
 from .protocols import Protocol
@@ -309,10 +309,9 @@ def measurement_table(landmarks: Landmarks, protocol: Protocol | None) -> list[d
     rows = []
     for m in protocol.measurements:
         try:
-            pa, pb = landmarks.get(m.a), landmarks.get(m.b)
+            value = distance(landmarks, m.a, m.b)
         except KeyError:
             continue
-        value = float(np.linalg.norm(pa - pb))
         rows.append({"measurement": m.name, "value_mm": "" if not np.isfinite(value) else repr(value),
                      "from": m.a, "to": m.b, "status": _measurement_status(landmarks, m.a, m.b, value)})
     return rows

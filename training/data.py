@@ -49,7 +49,7 @@ class SegmentationItem:
 
 
 def _is_volume(path: Path) -> bool:
-    return path.is_file() and strip_volume_suffix(path.name) != path.name and path.suffix.lower() != ".json"
+    return path.is_file() and strip_volume_suffix(path.name) != path.name
 
 
 def _read_manifest(path: Path, columns: tuple[str, str]) -> list[tuple[str, Path, Path]]:

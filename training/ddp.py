@@ -63,10 +63,6 @@ def wrap(network: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(network, device_ids=ids)
 
 
-def unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-
-
 def local_slice(batch_size: int, info: DistInfo) -> slice:
     """This rank's part of a global batch (the global batch must split evenly)."""
     if batch_size % info.world_size:

@@ -90,18 +90,6 @@ class Case:
     boundary_points: np.ndarray | None = None  # LPS points on the structure's surface
 
 
-def _intensity_config(recipe: DetectorRecipe) -> AugmentConfig | None:
-    if recipe.intensity == "none":
-        return None
-    base = AugmentConfig.preset(recipe.intensity)
-    return AugmentConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__ if not _is_spatial(k)})
-
-
-def _is_spatial(name: str) -> bool:
-    return name in {"p_affine", "rotation_deg", "scale", "scale_isotropic", "translation_mm", "elastic",
-                    "p_elastic", "elastic_magnitude_mm", "elastic_grid", "flip_lr", "p_flip", "lr_permutation"}
-
-
 class DetectorTrainer:
     """Trains a TwoStageDetector on landmark cases (and optionally pre-trains on segmentations)."""
 
@@ -116,7 +104,8 @@ class DetectorTrainer:
         n = len(self.names)
         self.network = TwoStageDetector(dict(recipe.coarse_net, in_channels=1, out_channels=n),
                                         dict(recipe.fine_net, in_channels=1, out_channels=n)).to(self.device)
-        self.intensity = _intensity_config(recipe)
+        # apply_intensity reads only the intensity fields of a preset, so the spatial ones are inert here
+        self.intensity = None if recipe.intensity == "none" else AugmentConfig.preset(recipe.intensity)
         self.log = log or (lambda row: None)
         self.history: list[dict] = []
 
@@ -136,10 +125,10 @@ class DetectorTrainer:
             x = torch.where(flip.view(-1, 1, 1, 1, 1), inv, x)
         return x
 
-    def coarse_batch(self, cases: Sequence[Case], with_boundary: bool = False):
+    def coarse_batch(self, cases: Sequence[Case], with_boundary: bool = False, count: int | None = None):
         r, cfg = self.recipe, self.recipe.pipeline
         images, targets, points = [], [], []
-        for _ in range(r.batch_coarse):
+        for _ in range(count or r.batch_coarse):
             case = cases[self.rng.integers(len(cases))]
             grid = coarse_grid(cfg, case.source.center + self.rng.normal(scale=5.0, size=3))
             affine = self._random_affine(case.source.center)
@@ -159,7 +148,6 @@ class DetectorTrainer:
 
     def fine_batch(self, cases: Sequence[Case], with_boundary: bool = False):
         r, cfg = self.recipe, self.recipe.pipeline
-        n = len(self.names)
         images, targets, points, channels = [], [], [], []
         for _ in range(r.batch_fine):
             case = cases[self.rng.integers(len(cases))]
@@ -184,7 +172,6 @@ class DetectorTrainer:
         x = self._augment_intensity(torch.cat(images))
         if with_boundary:
             return x, torch.cat(targets)
-        del n
         return x, torch.as_tensor(np.stack(points), dtype=torch.float32), torch.as_tensor(channels)
 
     # ------------------------------------------------------------------ losses
@@ -286,14 +273,8 @@ class DetectorTrainer:
         rng_state = self.rng
         self.rng = np.random.default_rng(seed)
         gen_state = self.gen.get_state()
-        coarse, fine = [], []
-        for _ in range(count):
-            saved = self.recipe.batch_coarse
-            self.recipe.batch_coarse = 1
-            coarse.append(self.coarse_batch(cases))
-            self.recipe.batch_coarse = saved
-        for _ in range(2):
-            fine.append(self.fine_batch(cases))
+        coarse = [self.coarse_batch(cases, count=1) for _ in range(count)]
+        fine = [self.fine_batch(cases) for _ in range(2)]
         self.rng = rng_state
         self.gen.set_state(gen_state)
         return coarse, fine

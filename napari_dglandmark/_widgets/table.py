@@ -136,16 +136,6 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         item = self.table.item(rows[0].row(), 0)
         return item.text() if item is not None else None
 
-    def point_index(self, name: str) -> int | None:
-        """Index of the point named ``name`` in the layer, None when the landmark has no point."""
-        if self.layer is None:
-            return None
-        key = normalise_name(name)
-        for i, value in enumerate(self.layer.features["landmark"]):
-            if isinstance(value, str) and normalise_name(value) == key:
-                return i
-        return None
-
     def select_landmark(self, name: str) -> bool:
         """Select the table row of ``name`` (which centres the view on it); False when absent."""
         already = normalise_name(self.selected_name() or "") == normalise_name(name)

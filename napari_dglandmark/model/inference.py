@@ -64,22 +64,30 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     raise DGLandmarkError(f"no bundled model or file named {key!r} (bundled: {known})")
 
 
+def load_model(model: str | os.PathLike | None, two_stage: bool) -> tuple[torch.nn.Module, ModelInfo]:
+    """Load a landmark checkpoint (CPU) and describe it; refuses the wrong kind of network."""
+    path = resolve_model(model)
+    network, meta = load_checkpoint(path, device="cpu")
+    if (network.__class__.__name__ == "TwoStageDetector") != two_stage:
+        what = ("is not a detection model (expected a two-stage landmark detector)" if two_stage
+                else "is a two-stage model; use inference.Detector")
+        raise DGLandmarkError(what, path)
+    if not meta.get("landmark_names"):
+        raise DGLandmarkError("checkpoint metadata lists no landmark names", path)
+    info = ModelInfo(str(path), meta.get("model_name", path.name[: -len(".safetensors")]),
+                     meta.get("protocol", ""), list(meta["landmark_names"]), file_sha256(path), meta)
+    return network, info
+
+
 class Detector:
     """A loaded model, reused across images."""
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto") -> None:
-        path = resolve_model(model)
+        network, self.info = load_model(model, two_stage=True)
         self.device = resolve_device(device)
-        network, meta = load_checkpoint(path, device="cpu")
-        if network.__class__.__name__ != "TwoStageDetector":
-            raise DGLandmarkError("is not a detection model (expected a two-stage landmark detector)", path)
-        if not meta.get("landmark_names"):
-            raise DGLandmarkError("checkpoint metadata lists no landmark names", path)
         self.network = network.to(self.device)
-        self.config = PipelineConfig.from_dict(meta.get("pipeline", {}))
-        self.bilateral_pairs = [tuple(p) for p in meta.get("bilateral_pairs", [])]
-        self.info = ModelInfo(str(path), meta.get("model_name", path.name[: -len(".safetensors")]),
-                              meta.get("protocol", ""), list(meta["landmark_names"]), file_sha256(path), meta)
+        self.config = PipelineConfig.from_dict(self.info.metadata.get("pipeline", {}))
+        self.bilateral_pairs = [tuple(p) for p in self.info.metadata.get("bilateral_pairs", [])]
 
     @property
     def names(self) -> list[str]:

@@ -80,12 +80,3 @@ def resample(image: torch.Tensor, source: Geometry, grid: Geometry,
     if padding:
         return F.grid_sample(src - padding, coords, mode=mode, padding_mode="zeros", align_corners=True) + padding
     return F.grid_sample(src, coords, mode=mode, padding_mode="zeros", align_corners=True)
-
-
-def crop_box(geometry: Geometry, center_index: Sequence[float], size_xyz: Sequence[int]) -> Geometry:
-    """A sub-grid of ``geometry`` (same spacing and direction) of ``size_xyz`` centred at a continuous index."""
-    size = np.asarray(size_xyz, dtype=float)
-    start = np.asarray(center_index, dtype=float) - (size - 1) / 2
-    origin = geometry.index_to_physical(start)
-    return Geometry(shape=tuple(int(n) for n in size_xyz[::-1]), spacing=geometry.spacing,
-                    origin=tuple(origin.tolist()), direction=geometry.direction)

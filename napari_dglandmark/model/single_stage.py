@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..errors import DGLandmarkError
 from ..io.landmarks import Landmarks
 from ..io.volume import Geometry, Volume
-from .checkpoint import file_sha256, load_checkpoint, read_metadata
+from .checkpoint import read_metadata
 from .decode import decode
 from .devices import resolve_device
 from .preprocess import check_voxels, normalise
@@ -79,19 +78,12 @@ class SingleStageDetector:
     """A loaded single-network checkpoint (e.g. from ``dglandmark-train finetune --preset paper``)."""
 
     def __init__(self, model: str | os.PathLike, device: str = "auto") -> None:
-        from .inference import ModelInfo, resolve_model
+        from .inference import load_model
 
-        path = resolve_model(model)
+        network, self.info = load_model(model, two_stage=False)
         self.device = resolve_device(device)
-        network, meta = load_checkpoint(path, device="cpu")
-        if network.__class__.__name__ == "TwoStageDetector":
-            raise DGLandmarkError("is a two-stage model; use inference.Detector", path)
-        if not meta.get("landmark_names"):
-            raise DGLandmarkError("checkpoint metadata lists no landmark names", path)
         self.network = network.to(self.device).eval()
-        self.config = SingleStageConfig.from_dict(meta.get("single_stage", {}))
-        self.info = ModelInfo(str(path), meta.get("model_name", path.name[: -len(".safetensors")]),
-                              meta.get("protocol", ""), list(meta["landmark_names"]), file_sha256(path), meta)
+        self.config = SingleStageConfig.from_dict(self.info.metadata.get("single_stage", {}))
 
     @property
     def names(self) -> list[str]:

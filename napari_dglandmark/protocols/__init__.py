@@ -75,10 +75,9 @@ class Protocol:
             if absent:
                 raise DGLandmarkError(f"lacks landmark(s) {', '.join(absent[:5])}", source)
         out = renamed.reordered(self.names, strict=False)
-        for i, name in enumerate(out.names):
+        for i in range(len(out)):
             if not out.descriptions[i]:
                 out.descriptions[i] = self.descriptions[i]
-            del name
         return out
 
     def measure(self, landmarks: Landmarks) -> dict[str, float]:
