@@ -1,26 +1,64 @@
-"""``dglandmark detect`` and ``dglandmark models``."""
+"""``dglandmark detect`` and ``dglandmark models``.
+
+A batch is never lost: each image's result is written (atomically) as soon as it is computed, a
+failing image is named on one stderr line and skipped, and the exit status is non-zero at the end
+when any image failed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import DGLandmarkError
 
 FORMATS = ("csv", "mrk.json", "fcsv")
+# Columns of the detection CSV (stdout or one --out .csv for the whole batch), in order.
+CSV_COLUMNS = ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence"]
+EXIT_FAILED = 2  # some image (or the whole run) failed: same status as any bad input
 
 
-def _output_plan(args: argparse.Namespace) -> tuple[str, Path | None, bool]:
-    """(format, target, target_is_dir); checked before any work so a bad --out fails fast."""
+@dataclass
+class OutputPlan:
+    """Where results go; decided (and checked) before any work so a bad --out fails fast."""
+
+    fmt: str
+    target: Path | None  # None: CSV on standard output
+    to_dir: bool
+
+    def image_path(self, image: str) -> Path:
+        """The per-image output file in --out DIR."""
+        assert self.target is not None and self.to_dir
+        from .io.volume import strip_volume_suffix
+
+        stem = strip_volume_suffix(Path(str(image).rstrip("/\\")).name) or "image"
+        return self.target / f"{stem}.{self.fmt}"
+
+
+def _output_plan(args: argparse.Namespace) -> OutputPlan:
     fmt = args.format
     if args.out is None:
         if (fmt or "csv") != "csv":
             raise DGLandmarkError(f"--format {fmt} needs --out FILE or DIR (only CSV goes to the terminal)")
-        return "csv", None, False
+        if args.skip_existing:
+            raise DGLandmarkError("--skip-existing needs --out DIR (one result file per image)")
+        return OutputPlan("csv", None, False)
     out = Path(args.out)
     if out.is_dir():
-        return fmt or "csv", out, True
+        plan = OutputPlan(fmt or "csv", out, True)
+        names: dict[Path, str] = {}
+        for image in args.images:
+            path = plan.image_path(image)
+            if path in names and names[path] != image:
+                raise DGLandmarkError(f"{names[path]} and {image} would both be written to {path.name}; "
+                                      "rename one or run them separately", out)
+            names[path] = image
+        return plan
+    if args.skip_existing:
+        raise DGLandmarkError("--skip-existing needs --out DIR (one result file per image)", out)
     from .io import landmark_format
     from .io.atomic import check_output_path
 
@@ -30,18 +68,60 @@ def _output_plan(args: argparse.Namespace) -> tuple[str, Path | None, bool]:
         raise DGLandmarkError(f"--format {fmt} does not match the file name", out)
     if file_fmt != "csv" and len(args.images) > 1:
         raise DGLandmarkError(f"{len(args.images)} images need a folder or a .csv for --out", out)
-    return file_fmt, out, False
+    return OutputPlan(file_fmt, out, False)
 
 
-def _detect(args: argparse.Namespace) -> int:
-    fmt, target, to_dir = _output_plan(args)
+@dataclass
+class BatchWriter:
+    """Writes each image's result as it completes; all writes to files are atomic."""
+
+    plan: OutputPlan
+    coords: str
+    measurements: list[tuple[str, str, str]]
+    csv_rows: list[dict[str, str]] = field(default_factory=list)
+    header_written: bool = False
+    written: list[Path] = field(default_factory=list)
+
+    def skip(self, image: str) -> Path | None:
+        """The existing result file of ``image`` in --out DIR (for --skip-existing), else None."""
+        if not self.plan.to_dir:
+            return None
+        path = self.plan.image_path(image)
+        return path if path.is_file() else None
+
+    def add(self, image: str, volume: Any, landmarks: Any) -> None:
+        from .io import write_landmarks
+        from .io.atomic import write_text_atomic
+        from .io.csv_table import format_rows, landmark_rows
+
+        plan = self.plan
+        if plan.fmt == "csv" and not plan.to_dir:
+            rows = landmark_rows(landmarks, self.coords, volume.geometry, extra={"image": str(image)})
+            rows = [{c: r.get(c, "") for c in CSV_COLUMNS} for r in rows]
+            if plan.target is None:  # stream: the rows of each image as soon as it is done
+                text = format_rows(rows, first=CSV_COLUMNS)
+                if self.header_written:
+                    text = text.split("\n", 1)[1]
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                self.header_written = True
+            else:  # the whole table so far, replaced atomically: a crash keeps every finished image
+                self.csv_rows += rows
+                write_text_atomic(plan.target, format_rows(self.csv_rows, first=CSV_COLUMNS))
+                if plan.target not in self.written:
+                    self.written.append(plan.target)
+            return
+        path = plan.image_path(image) if plan.to_dir else plan.target
+        assert path is not None
+        write_landmarks(path, landmarks, coords=self.coords, geometry=volume.geometry,
+                        measurements=self.measurements)
+        self.written.append(path)
+
+
+def _load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(detector, protocol or None); a bad model or protocol fails here, before any image is read."""
     import torch
-    from tqdm import tqdm
 
-    from .io import read_volume, write_landmarks
-    from .io.atomic import write_text_atomic
-    from .io.csv_table import format_rows, landmark_rows
-    from .io.volume import strip_volume_suffix
     from .model.inference import Detector
     from .protocols import load_protocol
 
@@ -59,34 +139,84 @@ def _detect(args: argparse.Namespace) -> int:
         if wanted.name != detector.info.protocol:
             raise DGLandmarkError(f"model is for protocol {detector.info.protocol!r}, not {wanted.name!r}",
                                   detector.info.path)
-    results = []
+    return detector, protocol
+
+
+def _detect_one(image: str, detector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read one image and detect its landmarks: (volume, landmarks)."""
+    from .io import read_volume
+
+    volume = read_volume(image)
+    landmarks = detector.detect(volume)
+    landmarks.image = str(image)
+    return volume, landmarks
+
+
+def _failure_line(image: str, exc: BaseException) -> str:
+    """One line naming the image and the problem."""
+    if isinstance(exc, DGLandmarkError):
+        text = str(exc)
+    else:  # not a user error, but one image must not lose the batch: name it and go on
+        detail = " ".join(str(exc).split())[:300]
+        text = f"unexpected {exc.__class__.__name__}" + (f": {detail}" if detail else "")
+    if str(image) not in text:
+        text = f"{image}: {text}"
+    return text
+
+
+def _quiet_itk() -> None:
+    """ITK prints its own warnings on stderr (e.g. 'No Series were found'); errors are ours, one line."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    plan = _output_plan(args)
+    _quiet_itk()
+    from tqdm import tqdm
+
+    detector, protocol = _load_detector(args)
+    writer = BatchWriter(plan, args.coords, protocol.measurement_triples() if protocol else [])
+    done, skipped, failed = 0, 0, []
     bar = tqdm(args.images, desc="detect", unit="image", disable=args.quiet or len(args.images) < 2,
                file=sys.stderr)
     for image in bar:
-        volume = read_volume(image)
-        landmarks = detector.detect(volume)
-        landmarks.image = str(image)
-        results.append((image, volume, landmarks))
-    # Everything succeeded: only now write, so a failure leaves nothing half-done.
-    measurements = protocol.measurement_triples() if protocol else []
-    if fmt == "csv" and not to_dir:
-        rows = []
-        for image, volume, lms in results:
-            rows += landmark_rows(lms, args.coords, volume.geometry, extra={"image": str(image)})
-        columns = ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence"]
-        rows = [{c: r.get(c, "") for c in columns} for r in rows]
-        text = format_rows(rows, first=columns)
-        if target is None:
-            sys.stdout.write(text)
-        else:
-            write_text_atomic(target, text)
-    else:
-        for image, volume, lms in results:
-            path = target / f"{strip_volume_suffix(Path(image).name)}.{fmt}" if to_dir else target
-            write_landmarks(path, lms, coords=args.coords, geometry=volume.geometry, measurements=measurements)
-    if target is not None and not args.quiet:
-        print(f"detected {len(detector.names)} landmarks in {len(results)} image(s) -> {target}", file=sys.stderr)
-    return 0
+        if args.skip_existing and writer.skip(image) is not None:
+            skipped += 1
+            continue
+        try:
+            volume, landmarks = _detect_one(image, detector, args)
+            writer.add(image, volume, landmarks)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - per-image isolation, reported on one line
+            failed.append(str(image))
+            bar.write(f"dglandmark: error: {_failure_line(image, exc)}", file=sys.stderr)
+            continue
+        done += 1
+    bar.close()
+    _summary(args, plan, len(detector.names), done, skipped, failed)
+    return EXIT_FAILED if failed else 0
+
+
+def _summary(args: argparse.Namespace, plan: OutputPlan, n_landmarks: int, done: int, skipped: int,
+             failed: list[str]) -> None:
+    """One closing line: what was written where, what was skipped, which images failed."""
+    if len(args.images) == 1 and failed:
+        return  # the error line already says everything
+    if args.quiet and not failed:
+        return
+    if plan.target is None and not failed:
+        return
+    parts = [f"detected {n_landmarks} landmarks in {done} of {len(args.images)} image(s)"]
+    if plan.target is not None:
+        parts[0] += f" -> {plan.target}"
+    if skipped:
+        parts.append(f"{skipped} skipped (result exists)")
+    if failed:
+        parts.append(f"{len(failed)} failed: {', '.join(failed)}")
+    print("dglandmark: " + "; ".join(parts), file=sys.stderr)
 
 
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,9 +227,11 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="bundled model name (default afids32) or a .safetensors path")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto = CUDA, then MPS, then CPU")
     p.add_argument("--out", default=None, help="output .csv/.mrk.json/.fcsv file, or a folder (one file per image);"
-                   " default: CSV on standard output")
+                   " default: CSV on standard output. Each image is written as soon as it is done")
     p.add_argument("--coords", default="RAS", type=str.upper, choices=["RAS", "LPS"])
     p.add_argument("--format", default=None, choices=FORMATS, help="file format when --out is a folder")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="with --out DIR: skip images whose result file exists (resume a stopped batch)")
     p.add_argument("--protocol", default=None, help="refuse a model that is not for this protocol")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 import subprocess
@@ -54,10 +55,24 @@ def test_detect_csv_rows(head, tiny_model_path, tmp_path, capsys):
     np.testing.assert_allclose(ras, lps * np.array([-1, -1, 1]), atol=1e-6)
 
 
-def test_detect_to_stdout_and_lps(head, tiny_model_path, capsys):
+def _stdout_rows(capsys) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+def test_detect_to_stdout_lps_is_ras_with_x_y_negated(head, tiny_model_path, capsys):
+    assert main(["detect", str(head), "--model", str(tiny_model_path)]) == 0
+    ras = _stdout_rows(capsys)
     assert main(["detect", str(head), "--model", str(tiny_model_path), "--coords", "LPS"]) == 0
-    text = capsys.readouterr().out
-    assert text.startswith("image,landmark,x,y,z,coordinate_system") and ",LPS," in text
+    lps = _stdout_rows(capsys)
+    assert len(ras) == len(lps) == 32
+    assert {r["coordinate_system"] for r in ras} == {"RAS"} and {r["coordinate_system"] for r in lps} == {"LPS"}
+    assert [r["landmark"] for r in ras] == [r["landmark"] for r in lps]
+    xyz_ras = np.array([[float(r[c]) for c in "xyz"] for r in ras])
+    xyz_lps = np.array([[float(r[c]) for c in "xyz"] for r in lps])
+    assert np.abs(xyz_ras[:, :2]).max() > 1.0  # not trivially zero
+    np.testing.assert_allclose(xyz_lps, xyz_ras * np.array([-1.0, -1.0, 1.0]), rtol=0, atol=1e-9)
+    for name in ("i", "j", "k", "confidence"):  # the voxel index does not depend on the coordinate system
+        assert [r[name] for r in ras] == [r[name] for r in lps]
 
 
 def test_detect_mrk_json_holds_points_and_measurement_lines(head, tiny_model_path, tmp_path):
@@ -95,6 +110,10 @@ def _bad_cases(tmp_path, head, tiny_model_path):
     nan[3, 4, 5] = np.nan
     nan_img = _write_image(tmp_path / "nan.mha", nan)  # NIfTI I/O drops NaN; MetaImage keeps it
     two_d = _write_image(tmp_path / "slice.nii.gz", np.ones((30, 30), np.float32))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not a NIfTI file" * 40)
     return marker, {
         "constant image": ([str(flat), "--model", str(tiny_model_path)], "constant"),
         "NaN voxels": ([str(nan_img), "--model", str(tiny_model_path)], "NaN"),
@@ -104,17 +123,21 @@ def _bad_cases(tmp_path, head, tiny_model_path):
         "pickled model": ([str(head), "--model", str(pickled)], "pickle"),
         "missing image": ([str(tmp_path / "nope.nii.gz"), "--model", str(tiny_model_path)], "no such file"),
         "unknown model": ([str(head), "--model", "no-such-model"], "no bundled model"),
+        "empty folder": ([str(empty), "--model", str(tiny_model_path)], "no DICOM series"),
+        "not an image": ([str(junk), "--model", str(tiny_model_path)], "junk.nii.gz"),
     }
 
 
 @pytest.mark.parametrize("case", ["constant image", "NaN voxels", "2D image", "other protocol", "not a checkpoint",
-                                  "pickled model", "missing image", "unknown model"])
-def test_detect_bad_input(case, head, tiny_model_path, tmp_path, capsys):
+                                  "pickled model", "missing image", "unknown model", "empty folder",
+                                  "not an image"])
+def test_detect_bad_input(case, head, tiny_model_path, tmp_path, capfd):
+    """capfd, not capsys: what SimpleITK / ITK print from C++ counts as a line too."""
     marker, cases = _bad_cases(tmp_path, head, tiny_model_path)
     args, expected = cases[case]
     out = tmp_path / "result.csv"
     assert main(["detect", *args, "--out", str(out)]) == 2
-    err = _only_line(capsys.readouterr().err)
+    err = _only_line(capfd.readouterr().err)
     assert expected.lower() in err.lower()
     assert not out.exists() and not list(tmp_path.glob(".result*"))
     assert not marker.exists()  # the pickle was never executed
