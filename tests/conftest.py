@@ -20,11 +20,28 @@ SCHEMA = SHARED_DATA / "slicer-markups-schema" / "markups-schema-v1.0.3.json"
 CT_DIR = SHARED_DATA / "slicerio-ct"
 
 
+# CI sets this (``.ci/run``): missing shared data is then a failure, not a quiet skip.
+REQUIRE_SHARED_DATA_ENV = "DGLANDMARK_REQUIRE_SHARED_DATA"
+
+
+def shared_data_required() -> bool:
+    return os.environ.get(REQUIRE_SHARED_DATA_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` under the shared data; skips the test when it is absent (fails under the CI switch)."""
+    if not path.exists():
+        reason = f"shared data not found: {path} (set DGLANDMARK_SHARED_DATA)"
+        if shared_data_required():
+            pytest.fail(f"{reason}; {REQUIRE_SHARED_DATA_ENV} is set, so this is a failure", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared data folder; skips the test (with the reason) when it is absent."""
-    if not T1W.exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set DGLANDMARK_SHARED_DATA)")
+    """The shared data folder; skips the test (with the reason) when it is absent, fails under the CI switch."""
+    require_shared(T1W)
     return SHARED_DATA
 
 

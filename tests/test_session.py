@@ -100,17 +100,21 @@ def test_sidecar_round_trip_beside_the_image(tmp_path, monkeypatch):
 def test_sidecar_goes_to_the_user_folder_when_the_image_folder_is_read_only(tmp_path, monkeypatch):
     import os
 
-    if os.geteuid() == 0:
-        # root writes anywhere; the package folder (sample data) is the read-only case we can test
-        from napari_dglandmark._sample_data import SAMPLE_VOLUME
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    image = ro / "scan.nii.gz"
+    image.write_bytes(b"")
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: make the access check see what a user would
+        real_access = os.access
 
-        image = SAMPLE_VOLUME
-    else:
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        image = ro / "scan.nii.gz"
-        image.write_bytes(b"")
-        ro.chmod(0o555)
+        def access(path, mode, *args, **kwargs):
+            if os.path.realpath(path) == str(ro.resolve()) and mode & os.W_OK:
+                return False
+            return real_access(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(S.os, "access", access)
+    assert not S._writable_dir(ro) and S._writable_dir(tmp_path)
     monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
     monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
     path = S.sidecar_path(image)
@@ -118,8 +122,16 @@ def test_sidecar_goes_to_the_user_folder_when_the_image_folder_is_read_only(tmp_
     monkeypatch.undo()
     monkeypatch.setenv(S.SIDECAR_DIR_ENV, str(tmp_path / "env"))
     assert S.sidecar_path(image).parent == tmp_path / "env"
-    if ro_dir := (image.parent if image.parent.name == "ro" else None):
-        ro_dir.chmod(0o755)
+    ro.chmod(0o755)
+
+
+def test_sidecar_of_the_bundled_sample_goes_to_the_user_folder(tmp_path, monkeypatch):
+    """The installed package folder counts as read-only even where it is writable (root, editable install)."""
+    from napari_dglandmark._sample_data import SAMPLE_VOLUME
+
+    monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
+    monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
+    assert S.sidecar_path(SAMPLE_VOLUME).parent == tmp_path / "user"
 
 
 def test_export_writes_three_files_with_the_documented_columns(tmp_path):
