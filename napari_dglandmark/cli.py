@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     for adder in _optional_parsers():
         adder(sub)
     add_convert_parser(sub)
+    from .slicer_module import add_slicer_module_parser
+
+    add_slicer_module_parser(sub)
     return parser
 
 
