@@ -33,9 +33,14 @@ PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#4
            "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
            "#808000", "#ffd8b1", "#000075", "#808080")
 BORDER_NORMAL = "#000000"
-BORDER_LOW_CONFIDENCE = "#ff2a2a"
+#: "check this" is a shape, never a colour: any protocol colour (red included) stays readable under it
+SYMBOL_NORMAL = "disc"
+SYMBOL_REVIEW = "star"
+BORDER_REVIEW = "#ffffff"
 BORDER_WIDTH_NORMAL = 0.1  # relative to the point size
-BORDER_WIDTH_LOW_CONFIDENCE = 0.35
+BORDER_WIDTH_LOW_CONFIDENCE = 0.2
+#: statuses that mean a person has looked at (or placed) the landmark
+REVIEWED = ("corrected", "added", "verified")
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 _REVERSE = np.array([2, 1, 0])
 
@@ -151,31 +156,128 @@ def _as_protocol(protocol: Protocol | str | None) -> Protocol | None:
     return load_protocol(protocol)
 
 
+def review_flags(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> np.ndarray:
+    """Per row: did the model flag this landmark for review?
+
+    ``flags`` (name -> flag, e.g. kept in a layer's metadata) wins; then ``Landmarks.needs_review``
+    when the core provides it; else a finite confidence below :data:`LOW_CONFIDENCE`.
+    """
+    conf = np.asarray(landmarks.confidence, dtype=float)
+    out = np.isfinite(conf) & (conf < LOW_CONFIDENCE)
+    core = getattr(landmarks, "needs_review", None)
+    if core is not None and len(core) == len(landmarks):
+        out = np.asarray(core, dtype=bool).copy()
+    if flags:
+        keyed = {normalise_name(k): bool(v) for k, v in flags.items()}
+        out = np.array([keyed.get(normalise_name(n), bool(out[i])) for i, n in enumerate(landmarks.names)],
+                       dtype=bool)
+    return out.reshape(len(landmarks))
+
+
+def pending_review(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> np.ndarray:
+    """Per row: flagged for review, has a position, and no person has verified, moved or placed it yet."""
+    touched = np.array([s in REVIEWED for s in landmarks.status], dtype=bool)
+    return review_flags(landmarks, flags) & landmarks.defined & ~touched
+
+
+def placed_by(landmarks: Landmarks) -> list[str]:
+    """Per row: who placed the current position, ``model`` or ``human`` ("" when missing or unknown)."""
+    core = getattr(landmarks, "placed_by", None)
+    out = []
+    for i, status in enumerate(landmarks.status):
+        if not landmarks.defined[i]:
+            out.append("")
+        elif status in ("corrected", "added"):
+            out.append("human")  # a person's position, whatever the core recorded before the edit
+        elif core is not None and len(core) == len(landmarks) and core[i]:
+            out.append(str(core[i]))
+        elif status in ("predicted", "verified") and landmarks.model:
+            out.append("model")
+        else:
+            out.append("")
+    return out
+
+
+def review_counts(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> tuple[int, int, int]:
+    """(verified, total, still needing review) for the review counter."""
+    verified = sum(s == "verified" for s in landmarks.status)
+    return verified, len(landmarks), int(pending_review(landmarks, flags).sum())
+
+
+def review_summary(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> str:
+    """``"7 of 32 verified, 3 need review"``."""
+    verified, total, pending = review_counts(landmarks, flags)
+    return f"{verified} of {total} verified, {pending} need{'s' if pending == 1 else ''} review"
+
+
+def review_order(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> list[int]:
+    """Row indices worst first: still needing review, then missing, then the rest; lower confidence first."""
+    pending = pending_review(landmarks, flags)
+    conf = np.asarray(landmarks.confidence, dtype=float)
+    conf = np.where(np.isfinite(conf), conf, np.inf)
+
+    def key(i: int) -> tuple[int, float, int]:
+        group = 0 if pending[i] else 1 if not landmarks.defined[i] else 2
+        return group, float(conf[i]), i
+
+    return sorted(range(len(landmarks)), key=key)
+
+
+def next_for_review(landmarks: Landmarks, current: str | None,
+                    flags: Mapping[str, bool] | None = None) -> str | None:
+    """The next landmark (after ``current``, in row order, wrapping) that still needs review; None when none."""
+    pending = pending_review(landmarks, flags)
+    n = len(landmarks)
+    if not pending.any():
+        return None
+    try:
+        start = landmarks.index_of(current) + 1 if current else 0
+    except KeyError:
+        start = 0
+    for step in range(n):
+        i = (start + step) % n
+        if pending[i]:
+            return landmarks.names[i]
+    return None
+
+
+def marker_style(landmarks: Landmarks, rows: np.ndarray, flags: Mapping[str, bool] | None = None
+                 ) -> dict[str, Any]:
+    """Symbol, border colour and width for the points of ``rows`` (a star while review is pending)."""
+    pending = pending_review(landmarks, flags)[rows]
+    border = np.tile(np.array([0.0, 0.0, 0.0, 1.0]), (len(rows), 1))
+    border[pending] = [1.0, 1.0, 1.0, 1.0]
+    return {"symbol": np.where(pending, SYMBOL_REVIEW, SYMBOL_NORMAL),
+            "border_color": border,
+            "border_width": np.where(pending, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL)}
+
+
 def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = None, *,
                       name: str | None = None, image: str | None = None, model_sha256: str | None = None,
-                      size: float = 4.0) -> LayerDataTuple:
+                      size: float = 4.0, needs_review: Mapping[str, bool] | None = None) -> LayerDataTuple:
     """``(data, kwargs, "points")``: one point per defined landmark, named by the ``landmark`` feature.
 
     Missing landmarks get no point; their names stay in ``metadata["landmark_names"]`` so they
-    come back as ``missing`` from :func:`landmarks_from_points`.
+    come back as ``missing`` from :func:`landmarks_from_points`. The model's review flags are kept
+    by name in ``metadata["needs_review"]`` (edits never change what the model flagged).
     """
     protocol = _as_protocol(protocol)
     defined = landmarks.defined
     idx = np.flatnonzero(defined)
     names = [landmarks.names[i] for i in idx]
     conf = np.asarray(landmarks.confidence, dtype=float)[idx]
-    low = np.isfinite(conf) & (conf < LOW_CONFIDENCE)
+    flags = review_flags(landmarks, needs_review)
     status = [landmarks.status[i] if landmarks.status[i] != "missing" else "defined" for i in idx]
-    border = np.tile(np.array([0.0, 0.0, 0.0, 1.0]), (len(idx), 1))
-    border[low] = [1.0, 42 / 255, 42 / 255, 1.0]
+    style = marker_style(landmarks, idx, needs_review)
     kwargs = {
         "name": name or "landmarks",
         "features": {"landmark": names, "confidence": conf, "status": status},
         "feature_defaults": {"landmark": "", "confidence": np.nan, "status": "added"},
         "face_color": landmark_colors(names, protocol) if names else "white",
-        "border_color": border if names else BORDER_NORMAL,
-        "border_width": np.where(low, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL),
+        "border_color": style["border_color"] if names else BORDER_NORMAL,
+        "border_width": style["border_width"],
         "border_width_is_relative": True,
+        "symbol": style["symbol"] if names else SYMBOL_NORMAL,
         "size": size,
         # text offsets are in world mm, not screen pixels: a diagonal shift clears the disc in every view
         "text": {"string": "{landmark}", "color": "white", "size": 9, "anchor": "upper_left",
@@ -188,6 +290,8 @@ def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = No
             "model_sha256": model_sha256,
             "landmark_names": list(landmarks.names),
             "descriptions": dict(zip(landmarks.names, landmarks.descriptions, strict=True)),
+            "needs_review": {n: bool(f) for n, f in zip(landmarks.names, flags, strict=True)},
+            "image_warning": str(getattr(landmarks, "image_warning", "") or ""),
         },
     }
     return lps_to_world(landmarks.positions[idx]).reshape(-1, 3), kwargs, "points"
@@ -301,3 +405,48 @@ def geometry_from_metadata(metadata: Mapping[str, Any] | None) -> Geometry | Non
     if not g:
         return None
     return Geometry(tuple(g["shape"]), tuple(g["spacing"]), tuple(g["origin"]), np.asarray(g["direction"], dtype=float))
+
+
+# -- orientation ---------------------------------------------------------------------------
+#: the low and high end letter of each world axis (world = LPS reversed: S, P, L increase)
+AXIS_LETTERS = (("I", "S"), ("A", "P"), ("R", "L"))
+#: plane -> (napari dims order, camera orientation2d): radiological, superior up, anterior left
+PLANES: dict[str, tuple[tuple[int, int, int], tuple[str, str]]] = {
+    "axial": ((0, 1, 2), ("down", "right")),
+    "coronal": ((1, 0, 2), ("up", "right")),
+    "sagittal": ((2, 0, 1), ("up", "right")),
+}
+
+
+def orientation_letters(displayed: Sequence[int], orientation2d: Sequence[str]) -> dict[str, str]:
+    """``{"top": "A", "bottom": "P", "left": "R", "right": "L"}`` for two displayed world axes (rows, columns)."""
+    rows, cols = (int(a) for a in displayed[-2:])
+    vertical, horizontal = (str(getattr(o, "value", o)) for o in orientation2d)
+    lo_r, hi_r = AXIS_LETTERS[rows]
+    lo_c, hi_c = AXIS_LETTERS[cols]
+    top, bottom = (lo_r, hi_r) if vertical == "down" else (hi_r, lo_r)
+    left, right = (lo_c, hi_c) if horizontal == "right" else (hi_c, lo_c)
+    return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+
+def orientation_label_points(displayed: Sequence[int], orientation2d: Sequence[str], lower: Sequence[float],
+                             upper: Sequence[float], point: Sequence[float], margin: float = 6.0
+                             ) -> tuple[np.ndarray, list[str]]:
+    """World positions (4, 3) just outside the image edges, and their letters (top, bottom, left, right).
+
+    ``lower``/``upper`` are the image's world extent; ``point`` the current slice position.
+    """
+    rows, cols = (int(a) for a in displayed[-2:])
+    letters = orientation_letters(displayed, orientation2d)
+    lo, hi, centre = np.asarray(lower, float), np.asarray(upper, float), np.asarray(point, float).copy()
+    mid = (lo + hi) / 2
+    vertical_down = str(getattr(orientation2d[0], "value", orientation2d[0])) == "down"
+    horizontal_right = str(getattr(orientation2d[1], "value", orientation2d[1])) == "right"
+    top_v = lo[rows] - margin if vertical_down else hi[rows] + margin
+    bottom_v = hi[rows] + margin if vertical_down else lo[rows] - margin
+    left_v = lo[cols] - margin if horizontal_right else hi[cols] + margin
+    right_v = hi[cols] + margin if horizontal_right else lo[cols] - margin
+    out = np.tile(centre, (4, 1))
+    out[:, rows] = [top_v, bottom_v, mid[rows], mid[rows]]
+    out[:, cols] = [mid[cols], mid[cols], left_v, right_v]
+    return out, [letters["top"], letters["bottom"], letters["left"], letters["right"]]

@@ -2,7 +2,7 @@
 
 The napari widgets feed every edit of a points layer through :class:`CorrectionSession`; this module
 decides what the edit means (moved -> ``corrected``, deleted -> ``missing``, placed where missing ->
-``added``), keeps the undo stack, writes the ``<image>.dglandmark.json`` sidecar and the exports.
+``added``), keeps the undo stack, writes the autosave sidecar (in the user's data folder) and the exports.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ EDITED = ("corrected", "added", "verified")
 EXPORT_COLUMNS = ("landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "status",
                   "image", "model", "model_sha256", "exported_at")
 MEASUREMENT_COLUMNS = ("measurement", "value_mm", "from", "to", "status")
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _same_position(a: np.ndarray, b: np.ndarray) -> bool:
@@ -47,7 +46,9 @@ def apply_statuses(old: Landmarks, new: Landmarks) -> Landmarks:
     """``new`` with statuses from what changed since ``old``.
 
     Moved -> ``corrected`` (an ``added`` one stays ``added``), gone -> ``missing``, placed where
-    it was missing -> ``added``; unchanged landmarks keep their status. Confidence stays the model's.
+    it was missing -> ``added``; unchanged landmarks keep their status. A moved landmark keeps the
+    model's confidence (what the model thought of its own position); an added one has none (NaN):
+    a person placed it. ``placed_by`` (when the core carries it) becomes ``human`` for both.
     """
     out = new.copy()
     for i, name in enumerate(out.names):
@@ -67,6 +68,12 @@ def apply_statuses(old: Landmarks, new: Landmarks) -> Landmarks:
             out.status[i] = "added" if old.status[j] == "added" else "corrected"
         else:
             out.status[i] = old.status[j]
+    for i, status in enumerate(out.status):
+        if status == "added":
+            out.confidence[i] = np.nan
+    by = getattr(out, "placed_by", None)
+    if by is not None and len(by) == len(out):
+        out.placed_by = ["human" if st in ("corrected", "added") else by[i] for i, st in enumerate(out.status)]
     return out
 
 
@@ -156,6 +163,8 @@ class CorrectionSession:
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         lms = self.landmarks
+        flags = getattr(lms, "needs_review", None)
+        flags = flags if flags is not None and len(flags) == len(lms) else None
         return {
             "model": self.model, "model_sha256": self.model_sha256, "protocol": self.protocol,
             "unexported": self.unexported,
@@ -163,7 +172,8 @@ class CorrectionSession:
             "landmarks": [
                 {"name": n, "position_lps": None if not lms.defined[i] else [float(v) for v in lms.positions[i]],
                  "confidence": None if not np.isfinite(lms.confidence[i]) else float(lms.confidence[i]),
-                 "status": lms.status[i], "description": lms.descriptions[i]}
+                 "status": lms.status[i], "description": lms.descriptions[i],
+                 **({"needs_review": bool(flags[i])} if flags is not None else {})}
                 for i, n in enumerate(lms.names)
             ],
         }
@@ -178,11 +188,15 @@ class CorrectionSession:
                             np.array([np.nan if r.get("confidence") is None else float(r["confidence"])
                                       for r in rows]),
                             [str(r.get("status") or "defined") for r in rows], image=image, model=data.get("model"))
+            flags = (np.array([bool(r["needs_review"]) for r in rows])
+                     if rows and all("needs_review" in r for r in rows) else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise DGLandmarkError(f"malformed sidecar entry ({exc.__class__.__name__})") from None
         out = cls(lms, image=image, model=data.get("model"), model_sha256=data.get("model_sha256"),
                   protocol=data.get("protocol"))
         out.unexported = bool(data.get("unexported", False))
+        if flags is not None:
+            out.landmarks.needs_review = flags
         return out
 
 
@@ -190,19 +204,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
-def _writable_dir(folder: Path) -> bool:
-    """A folder we may put a sidecar in: writable and not inside the installed package (sample data)."""
-    try:
-        folder = folder.resolve()
-    except OSError:
-        return False
-    if folder == _PACKAGE_DIR or _PACKAGE_DIR in folder.parents:
-        return False
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
-
-
 def user_sidecar_dir() -> Path:
-    """The per-user folder for sidecars of images in read-only folders."""
+    """The per-user folder for sidecars (``$DGLANDMARK_SIDECAR_DIR`` when set)."""
     env = os.environ.get(SIDECAR_DIR_ENV)
     if env:
         return Path(env)
@@ -212,13 +215,20 @@ def user_sidecar_dir() -> Path:
 
 
 def sidecar_path(image: str | os.PathLike) -> Path:
-    """``<image stem>.dglandmark.json`` beside the image, or in the user folder when that is not writable."""
+    """``<image stem>-<hash of its path>.dglandmark.json`` in the per-user data folder.
+
+    Never beside the image: data folders (BIDS datasets, read-only archives) stay untouched.
+    """
     src = Path(image)
     stem = strip_volume_suffix(src.name.rstrip("/")) or "image"
-    if not os.environ.get(SIDECAR_DIR_ENV) and _writable_dir(src.parent):
-        return src.parent / f"{stem}{SIDECAR_SUFFIX}"
     digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:10]
     return user_sidecar_dir() / f"{stem}-{digest}{SIDECAR_SUFFIX}"
+
+
+def legacy_sidecar_path(image: str | os.PathLike) -> Path:
+    """Where versions before 0.2 put the sidecar (beside the image); still read, never written."""
+    src = Path(image)
+    return src.parent / f"{strip_volume_suffix(src.name.rstrip('/')) or 'image'}{SIDECAR_SUFFIX}"
 
 
 def _entry_key(model: str | None) -> str:
@@ -229,7 +239,9 @@ def read_sidecar(image: str | os.PathLike) -> dict[str, Any]:
     """The sidecar's entries ``{model: entry}``; empty when there is none."""
     path = sidecar_path(image)
     if not path.exists():
-        return {}
+        path = legacy_sidecar_path(image)
+        if os.environ.get(SIDECAR_DIR_ENV) or not path.is_file():
+            return {}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

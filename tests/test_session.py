@@ -73,16 +73,20 @@ def test_a_drag_is_one_undo_step_and_no_op_edits_are_ignored():
     assert s.undo().positions[0] == pytest.approx([0.0, 2, 3]) and not s.can_undo
 
 
-def test_sidecar_round_trip_beside_the_image(tmp_path, monkeypatch):
+def test_sidecar_round_trip_in_the_user_folder_never_beside_the_image(tmp_path, monkeypatch):
     monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
-    image = tmp_path / "case01.nii.gz"
+    monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
+    data = tmp_path / "bids" / "sub-01" / "anat"
+    data.mkdir(parents=True)
+    image = data / "case01.nii.gz"
     image.write_bytes(b"")
     lms = _predicted()
     lms.image = str(image)
     s = S.CorrectionSession(lms, model_sha256="abc", protocol="afids32")
     s.edit(_moved(s.landmarks, "PC", [0, 0, 4.0]))
     path = S.save_sidecar(s)
-    assert path == tmp_path / "case01.dglandmark.json"
+    assert path.parent == tmp_path / "user" and path.name.startswith("case01-")
+    assert sorted(p.name for p in data.iterdir()) == ["case01.nii.gz"]  # the dataset stays clean
     other = S.CorrectionSession(lms.copy(), model="other")
     S.save_sidecar(other)
     assert set(S.read_sidecar(image)) == {"tiny", "other"}
@@ -96,25 +100,27 @@ def test_sidecar_round_trip_beside_the_image(tmp_path, monkeypatch):
         S.load_sidecar(image)
 
 
+def test_a_sidecar_of_an_older_version_beside_the_image_is_still_read(tmp_path, monkeypatch):
+    monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
+    monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(b"")
+    lms = _predicted()
+    lms.image = str(image)
+    s = S.CorrectionSession(lms)
+    s.edit(_moved(s.landmarks, "AC", [1.0, 0, 0]))
+    S.save_sidecar(s).rename(S.legacy_sidecar_path(image))
+    assert S.legacy_sidecar_path(image) == tmp_path / "scan.dglandmark.json"
+    assert S.load_sidecar(image, "tiny").landmarks.status[0] == "corrected"
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_sidecar_goes_to_the_user_folder_when_the_image_folder_is_read_only(tmp_path, monkeypatch):
-    import os
-
     ro = tmp_path / "ro"
     ro.mkdir()
     image = ro / "scan.nii.gz"
     image.write_bytes(b"")
     ro.chmod(0o555)
-    if os.geteuid() == 0:  # root may write anywhere: make the access check see what a user would
-        real_access = os.access
-
-        def access(path, mode, *args, **kwargs):
-            if os.path.realpath(path) == str(ro.resolve()) and mode & os.W_OK:
-                return False
-            return real_access(path, mode, *args, **kwargs)
-
-        monkeypatch.setattr(S.os, "access", access)
-    assert not S._writable_dir(ro) and S._writable_dir(tmp_path)
     monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
     monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
     path = S.sidecar_path(image)
@@ -126,12 +132,31 @@ def test_sidecar_goes_to_the_user_folder_when_the_image_folder_is_read_only(tmp_
 
 
 def test_sidecar_of_the_bundled_sample_goes_to_the_user_folder(tmp_path, monkeypatch):
-    """The installed package folder counts as read-only even where it is writable (root, editable install)."""
     from napari_dglandmark._sample_data import SAMPLE_VOLUME
 
     monkeypatch.delenv(S.SIDECAR_DIR_ENV, raising=False)
     monkeypatch.setattr(S, "user_sidecar_dir", lambda: tmp_path / "user")
     assert S.sidecar_path(SAMPLE_VOLUME).parent == tmp_path / "user"
+
+
+def test_a_hand_placed_landmark_has_no_model_confidence_and_the_review_flags_persist(tmp_path, monkeypatch):
+    monkeypatch.setenv(S.SIDECAR_DIR_ENV, str(tmp_path))
+    s = S.CorrectionSession(_predicted())
+    gone = s.landmarks.copy()
+    gone.positions[0] = np.nan
+    s.edit(gone)
+    back = s.landmarks.copy()
+    back.positions[0] = [1.0, 1, 1]
+    back.confidence[0] = 0.83  # what napari copies from the deleted point's features
+    after = s.edit(back)
+    assert after.status[0] == "added" and np.isnan(after.confidence[0])
+    assert after.confidence[1] == pytest.approx(0.4)
+    s.landmarks.needs_review = np.array([False, True, False])
+    entry = s.to_dict()
+    assert [r.get("needs_review") for r in entry["landmarks"]] == [False, True, False]
+    assert entry["landmarks"][0]["confidence"] is None
+    again = S.CorrectionSession.from_dict(entry)
+    np.testing.assert_array_equal(again.landmarks.needs_review, [False, True, False])
 
 
 def test_export_writes_three_files_with_the_documented_columns(tmp_path):
