@@ -32,7 +32,7 @@ def test_default_model_detects_on_the_sample(make_napari_viewer, qtbot, artifact
     truth = read_landmarks(SAMPLE_LANDMARKS)
     names = list(layer.features["landmark"])
     err = [np.linalg.norm(world_to_lps(layer.data[i]) - truth.get(n)) for i, n in enumerate(names)]
-    assert len(names) == 32 and np.mean(err) < 1.0  # world coordinates are the physical landmarks
+    assert len(names) == 32 and np.mean(err) < 1.0 and np.max(err) < 5.0  # world coords are the physical landmarks
     table.select_landmark("AC")
     viewer.dims.ndisplay = 2
     viewer.screenshot(str(artifacts / "bundled_window_at_AC.png"), canvas_only=False)
