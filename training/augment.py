@@ -82,7 +82,7 @@ class AugmentConfig:
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """'identity', 'baseline' (+-5 deg, the paper), 'augdg' (+-15 deg), 'default' (strong mix), 'spatial'."""
+        """'identity', 'baseline' (+-5 deg, the paper), 'augdg' (+-15 deg), 'default' (strong mix), 'robust', 'spatial'."""
         spatial = dict(rotation_deg=(10.0, 10.0, 10.0), scale=(0.9, 1.1), translation_mm=5.0, elastic=True,
                        p_elastic=0.5, elastic_magnitude_mm=2.0, elastic_grid=5)
         presets = {
@@ -90,6 +90,11 @@ class AugmentConfig:
             "baseline": dict(rotation_deg=(5.0, 5.0, 5.0)),
             "augdg": dict(rotation_deg=(15.0, 15.0, 15.0)),
             "spatial": spatial,
+            # milder intensity changes for items that are already random contrasts (robust recipe)
+            "robust": dict(
+                spatial, p_remap_monotone=0.2, p_gamma=0.4, p_bias=0.5, bias_strength=0.25, p_blur=0.2,
+                p_low_res=0.3, p_noise=0.4, noise_std=(0.0, 0.03),
+            ),
             "default": dict(
                 spatial, p_remap_monotone=0.3, p_remap_nonmonotone=0.2, p_invert=0.1, p_gamma=0.5,
                 p_bias=0.5, p_blur=0.2, p_low_res=0.2, p_noise=0.5,

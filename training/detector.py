@@ -31,13 +31,22 @@ from napari_dglandmark.model.pipeline import (
     coarse_grid,
     coarse_input,
     fine_grids,
+    pooled_copy,
     prepare_source,
 )
-from napari_dglandmark.model.resample import resample
+from napari_dglandmark.model.resample import grid_points, resample, sample_at
 
 from .augment import AugmentConfig, apply_intensity
 from .losses import logcosh, mixing_loss, mse
-from .synth import ElasticField, physical_affine, random_rotation, warp_points
+from .shapes import ThinPlateSpline, blend_shape, landmark_warp
+from .synth import (
+    BRAIN_TISSUES,
+    ElasticField,
+    physical_affine,
+    random_rotation,
+    synthesize_contrast,
+    warp_points,
+)
 from .targets import boundary_distance_target, gaussian_heatmaps, sobel_magnitude
 
 Log = Callable[[dict], None]
@@ -71,6 +80,15 @@ class DetectorRecipe:
     max_dist: float = 5.0  # boundary band, in voxels of the grid being trained
     pretrain_target: str = "boundary"  # boundary (BaPDG) | mask (SegDG) | edge (EdgeDG: Sobel input, mask target)
     pretrain_loss: str = "mix"  # mix (log-cosh -> MSE) | mse | logcosh
+    # realistic geometry and contrast (robust default model): see training.shapes / training.synth
+    p_large_rotation: float = 0.0  # coarse items whose pose is drawn up to ``large_rotation_deg``
+    large_rotation_deg: float = 55.0
+    center_jitter_mm: float = 5.0  # std of the coarse grid centre around the head centre
+    p_shape: float = 0.0  # items warped (TPS) to a real person's landmark configuration
+    shape_blend: tuple[float, float] = (0.3, 1.1)
+    shape_noise_mm: float = 1.0
+    p_synth: float = 0.0  # items drawn as a random contrast from the tissue label map
+    p_skull_strip: float = 0.15
     val_every: int = 250
     log_every: int = 25
     seed: int = 0
@@ -88,6 +106,9 @@ class Case:
     boundary_coarse: torch.Tensor | None = None  # pre-training target maps on the source grid
     boundary_fine: torch.Tensor | None = None
     boundary_points: np.ndarray | None = None  # LPS points on the structure's surface
+    tissues: torch.Tensor | None = None  # [C, D, H, W] tissue probabilities on the source grid
+    tissues_pooled: torch.Tensor | None = None  # the same on the pooled (coarse) grid
+    shapes: list[np.ndarray] = field(default_factory=list)  # real configurations in this case's frame
 
 
 class DetectorTrainer:
@@ -125,11 +146,83 @@ class DetectorTrainer:
             x = torch.where(flip.view(-1, 1, 1, 1, 1), inv, x)
         return x
 
+    # ------------------------------------------------------------------ realistic sampling
+    def _realistic(self, case: Case) -> bool:
+        r = self.recipe
+        return case.tissues is not None or bool(case.shapes) or r.p_large_rotation > 0
+
+    def _random_warp(self, case: Case) -> tuple[ThinPlateSpline | None, np.ndarray]:
+        """A map from a real person's anatomy to the case's source, and that anatomy's landmarks."""
+        r = self.recipe
+        if not case.shapes or self.rng.random() >= r.p_shape:
+            return None, case.landmarks
+        shape = case.shapes[self.rng.integers(len(case.shapes))]
+        target = blend_shape(case.landmarks, shape, self.rng.uniform(*r.shape_blend))
+        target = target + self.rng.normal(scale=r.shape_noise_mm, size=target.shape)
+        target = np.where(np.isnan(case.landmarks), np.nan, target)
+        return landmark_warp(target, case.landmarks), target
+
+    def _sample_item(self, case: Case, grid, pose: np.ndarray, warp: ThinPlateSpline | None,
+                     coarse: bool) -> torch.Tensor:
+        """[1, 1, d, h, w]: ``case`` seen on ``grid`` through ``pose`` (4x4, output -> anatomy) and ``warp``."""
+        r = self.recipe
+        a = torch.as_tensor(pose, dtype=torch.float32)
+        p = grid_points(grid).reshape(-1, 3) @ a[:3, :3].T + a[:3, 3]
+        if warp is not None:
+            p = warp(p)
+        p = p.reshape(1, *grid.shape, 3)
+        geom = case.source.pooled_geometry if coarse else case.source.geometry
+        image = case.source.pooled if coarse else case.source.image
+        synth = case.tissues is not None and self.rng.random() < r.p_synth
+        strip = case.tissues is not None and self.rng.random() < r.p_skull_strip
+        if not synth and not strip:
+            return sample_at(image, geom, p)
+        tissues = sample_at(case.tissues_pooled if coarse else case.tissues, geom, p)
+        if synth:
+            return synthesize_contrast(tissues, self.gen, torch.tensor([strip]), max_blur_vox=0.6 if coarse else 1.2)
+        return sample_at(image, geom, p) * tissues[:, list(BRAIN_TISSUES)].sum(1, keepdim=True)
+
+    @staticmethod
+    def _into_output(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """Anatomy points -> output physical points (inverse of ``pose``)."""
+        inv = np.linalg.inv(pose)
+        return points @ inv[:3, :3].T + inv[:3, 3]
+
+    def _realistic_coarse_item(self, case: Case):
+        r, cfg = self.recipe, self.recipe.pipeline
+        jitter = np.clip(self.rng.normal(scale=r.center_jitter_mm, size=3), -2.5 * r.center_jitter_mm,
+                         2.5 * r.center_jitter_mm)
+        grid = coarse_grid(cfg, case.source.center + jitter)
+        large = self.rng.random() < r.p_large_rotation
+        rot = random_rotation(self.rng, r.large_rotation_deg if large else r.rotation_deg)
+        pose = physical_affine(case.source.center, rot, self.rng.uniform(*r.scale),
+                               self.rng.uniform(-r.translation_mm, r.translation_mm, 3))
+        warp, target = self._random_warp(case)
+        image = self._sample_item(case, grid, pose, warp, coarse=True)
+        return image, grid.physical_to_index(self._into_output(target, pose))
+
+    def _realistic_fine_item(self, case: Case):
+        r, cfg = self.recipe, self.recipe.pipeline
+        warp, target = self._random_warp(case)
+        defined = np.flatnonzero(~np.isnan(target).any(1))
+        k = int(defined[self.rng.integers(len(defined))])
+        anchor = target[k]
+        offset = np.clip(self.rng.normal(scale=r.fine_offset_mm, size=3), -r.fine_offset_max_mm, r.fine_offset_max_mm)
+        pose = physical_affine(anchor, random_rotation(self.rng, r.rotation_deg), self.rng.uniform(*r.scale), np.zeros(3))
+        grid = fine_grids(cfg, (anchor + offset)[None])[0]
+        image = self._sample_item(case, grid, pose, warp, coarse=False)
+        return image, grid.physical_to_index(self._into_output(target[k:k + 1], pose))[0], k
+
     def coarse_batch(self, cases: Sequence[Case], with_boundary: bool = False, count: int | None = None):
         r, cfg = self.recipe, self.recipe.pipeline
         images, targets, points = [], [], []
         for _ in range(count or r.batch_coarse):
             case = cases[self.rng.integers(len(cases))]
+            if not with_boundary and self._realistic(case):
+                image, idx = self._realistic_coarse_item(case)
+                images.append(image)
+                points.append(idx)
+                continue
             grid = coarse_grid(cfg, case.source.center + self.rng.normal(scale=5.0, size=3))
             affine = self._random_affine(case.source.center)
             elastic = ElasticField(grid, self.rng, r.elastic_mm) if r.elastic_mm > 0 else None
@@ -151,6 +244,12 @@ class DetectorTrainer:
         images, targets, points, channels = [], [], [], []
         for _ in range(r.batch_fine):
             case = cases[self.rng.integers(len(cases))]
+            if not with_boundary and self._realistic(case):
+                image, idx, k = self._realistic_fine_item(case)
+                images.append(image)
+                points.append(idx)
+                channels.append(k)
+                continue
             if with_boundary:
                 k = 0
                 anchor = case.boundary_points[self.rng.integers(len(case.boundary_points))]
@@ -279,7 +378,8 @@ class DetectorTrainer:
         self.gen.set_state(gen_state)
         return coarse, fine
 
-    def finetune(self, cases: Sequence[Case]) -> None:
+    def finetune(self, cases: Sequence[Case], stages: Sequence[str] = ("coarse", "fine")) -> None:
+        """Train the coarse and/or the fine network on landmark cases."""
         r = self.recipe
         net = self.network
         val_coarse, val_fine = self._validation_set(cases)
@@ -315,8 +415,10 @@ class DetectorTrainer:
                     errs.append(torch.linalg.norm(idx - pts, dim=-1) * spacing_f)
             return float(torch.cat(errs).mean())
 
-        self._loop("coarse", r.coarse_steps, net.coarse, coarse_step, coarse_val)
-        self._loop("fine", r.fine_steps, net.fine, fine_step, fine_val)
+        if "coarse" in stages:
+            self._loop("coarse", r.coarse_steps, net.coarse, coarse_step, coarse_val)
+        if "fine" in stages:
+            self._loop("fine", r.fine_steps, net.fine, fine_step, fine_val)
 
     def save(self, path: str | Path, metadata: dict) -> None:
         meta = {"pipeline": self.recipe.pipeline.to_dict(), "landmark_names": self.names,
@@ -356,3 +458,18 @@ def segmentation_case(volume: Volume, mask: np.ndarray, recipe: DetectorRecipe) 
 
 def write_history(path: Path, history: list[dict]) -> None:
     path.write_text("\n".join(json.dumps(r) for r in history) + "\n")
+
+
+def realistic_case(volume: Volume, landmarks: Landmarks, names: Sequence[str], pipeline: PipelineConfig,
+                   tissue_labels: np.ndarray | None = None, shapes: Sequence[np.ndarray] = ()) -> Case:
+    """A landmark case that can also be drawn as random contrasts (tissue labels on the volume's
+    grid) and warped to real people's configurations (``shapes``, in the volume's frame)."""
+    from .synth import one_hot
+
+    case = landmark_case(volume, landmarks, names, pipeline)
+    if tissue_labels is not None:
+        case.tissues = one_hot(tissue_labels)
+        case.tissues_pooled = torch.stack([pooled_copy(t, volume.geometry, pipeline.coarse_spacing)[0]
+                                           for t in case.tissues])
+    case.shapes = [np.asarray(s, float) for s in shapes]
+    return case

@@ -21,6 +21,7 @@ from .checkpoint import file_sha256, load_checkpoint
 from .decode import decode
 from .devices import is_out_of_memory, resolve_device
 from .pipeline import PipelineConfig, coarse_grid, coarse_input, fine_grids, fine_input, prepare_source
+from .shape import ShapeModel, load_shape_model
 
 Progress = Callable[[int, int], None]
 
@@ -79,6 +80,23 @@ def load_model(model: str | os.PathLike | None, two_stage: bool) -> tuple[torch.
     return network, info
 
 
+def reference_shape(info: ModelInfo) -> ShapeModel | None:
+    """The model's reference configuration (metadata ``reference_lps``, in the model's landmark order),
+    with the protocol's shape model for spreads and the head centre; None when the model has none."""
+    ref = info.metadata.get("reference_lps")
+    if ref is None:
+        return None
+    try:
+        protocol_shape = load_shape_model(info.protocol) if info.protocol else None
+    except DGLandmarkError:
+        protocol_shape = None
+    ref = np.asarray(ref, float)
+    if protocol_shape is not None and protocol_shape.names == info.landmark_names:
+        return ShapeModel(info.landmark_names, ref, protocol_shape.spread, protocol_shape.source,
+                          protocol_shape.head_center)
+    return ShapeModel(info.landmark_names, ref, np.full(len(ref), 3.0))
+
+
 class Detector:
     """A loaded model, reused across images."""
 
@@ -88,6 +106,7 @@ class Detector:
         self.network = network.to(self.device)
         self.config = PipelineConfig.from_dict(self.info.metadata.get("pipeline", {}))
         self.bilateral_pairs = [tuple(p) for p in self.info.metadata.get("bilateral_pairs", [])]
+        self.shape = reference_shape(self.info)
 
     @property
     def names(self) -> list[str]:
@@ -111,22 +130,54 @@ class Detector:
                 torch.cuda.empty_cache()
             return self._run(net, x)
 
-    def _fix_swapped_sides(self, pos: np.ndarray, conf: np.ndarray) -> None:
-        """Bilateral pairs must keep their sides: an R landmark lies at smaller LPS x than its L twin."""
+    def _fix_swapped_sides(self, pos: np.ndarray, conf: np.ndarray, rotation: np.ndarray) -> None:
+        """Bilateral pairs keep their sides: in the head's own frame an R landmark lies at smaller
+        LPS x than its L twin (``rotation``: head frame -> image, from the canonical fit)."""
+        x = pos @ rotation  # rows: positions in the head frame (R^T p)
         for right, left in self.bilateral_pairs:
             try:
                 r, lft = self.names.index(right), self.names.index(left)
             except ValueError:
                 continue
-            if pos[r, 0] > pos[lft, 0]:
+            if x[r, 0] > x[lft, 0]:
                 pos[[r, lft]] = pos[[lft, r]]
+                x[[r, lft]] = x[[lft, r]]
                 conf[[r, lft]] = np.minimum(conf[r], conf[lft]) * 0.5
+
+    def _coarse(self, source, center: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Coarse positions (LPS) and confidences on a grid around ``center``, seen through ``frame``."""
+        grid = coarse_grid(self.config, center)
+        logits = self._run(self.network.coarse, coarse_input(source, grid, [frame]))[0]
+        index, conf = decode(logits.cpu(), "softmax-centroid", self.config.decode_radius_coarse)
+        pos = grid.index_to_physical(index.double().numpy())
+        if frame is not None:
+            pos = pos @ frame[:3, :3].T + frame[:3, 3]
+        return pos, conf.numpy().astype(float)
+
+    def _canonical(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rotation, head centre in the image) from a robust similarity fit of the reference
+        configuration to ``pos``; None for models without a reference or when the fit is unusable."""
+        if self.shape is None:
+            return None
+        try:
+            fit, res = self.shape.fit(pos)
+        except DGLandmarkError:
+            return None
+        if not (0.6 < fit.scale < 1.6) or np.sum(res < 10.0) < 8:
+            return None
+        center = self.shape.head_center if self.shape.head_center is not None else self.shape.reference.mean(0)
+        return fit.rotation, fit.apply(center[None])[0]
 
     def detect(self, volume: Volume, progress: Progress | None = None,
                cancelled: Callable[[], bool] | None = None) -> Landmarks:
-        """Every landmark of the model's protocol, in LPS mm, with a confidence in [0, 1]."""
+        """Every landmark of the model's protocol, in LPS mm, with a confidence in [0, 1].
+
+        Coarse pass around the head; a robust similarity fit of the protocol's reference
+        configuration gives the head's pose; the coarse pass again and the fine passes then run in
+        that canonical (upright) frame, and positions map back to the image (any pose, any storage order).
+        """
         cfg = self.config
-        steps = 2 + cfg.fine_iterations
+        steps = 3 + cfg.fine_iterations
         done = 0
 
         def tick() -> None:
@@ -137,27 +188,41 @@ class Detector:
             if cancelled and cancelled():
                 raise Cancelled()
 
-        net = self.network
         source = prepare_source(volume, cfg, device="cpu")
         tick()
-        grid = coarse_grid(cfg, source.center)
-        logits = self._run(net.coarse, coarse_input(source, grid))[0]
-        index, conf_coarse = decode(logits.cpu(), "softmax-centroid", cfg.decode_radius_coarse)
-        pos = grid.index_to_physical(index.double().numpy())
-        conf = conf_coarse.numpy().astype(float)
-        self._fix_swapped_sides(pos, conf)
+        pos, conf = self._coarse(source, source.center, None)
+        rotation = np.eye(3)
+        tick()
+        canonical = self._canonical(pos)
+        if canonical is not None:
+            rotation, center = canonical
+            pos, conf = self._coarse(source, center, rigid_about(rotation, center))
+            refit = self._canonical(pos)
+            if refit is not None:
+                rotation = refit[0]
+        self._fix_swapped_sides(pos, conf, rotation)
         tick()
         n = len(self.names)
         conf_fine = np.ones(n)
         for _ in range(cfg.fine_iterations):
             grids = fine_grids(cfg, pos)
-            out = self._run(net.fine, fine_input(source, grids)).cpu()
+            frames = [rigid_about(rotation, p) for p in pos]
+            out = self._run(self.network.fine, fine_input(source, grids, frames)).cpu()
             own = out[torch.arange(n), torch.arange(n)]  # patch k is read on channel k only
             idx, c = decode(own, "softmax-centroid", cfg.decode_radius_fine)
-            pos = np.stack([g.index_to_physical(i) for g, i in zip(grids, idx.double().numpy(), strict=True)])
+            local = np.stack([g.index_to_physical(i) for g, i in zip(grids, idx.double().numpy(), strict=True)])
+            pos = np.stack([f[:3, :3] @ q + f[:3, 3] for f, q in zip(frames, local, strict=True)])
             conf_fine = c.numpy().astype(float)
             tick()
-        self._fix_swapped_sides(pos, conf_fine)
+        self._fix_swapped_sides(pos, conf_fine, rotation)
         confidence = np.sqrt(np.clip(conf, 0, 1) * np.clip(conf_fine, 0, 1))
         return Landmarks(list(self.names), pos, confidence=confidence, status=["predicted"] * n,
                          image=volume.path, model=self.info.name)
+
+
+def rigid_about(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """4x4 physical transform rotating about ``center`` (maps a canonical-frame grid onto the image)."""
+    m = np.eye(4)
+    m[:3, :3] = rotation
+    m[:3, 3] = np.asarray(center, float) - rotation @ np.asarray(center, float)
+    return m

@@ -49,8 +49,15 @@ def normalise(arr: np.ndarray | torch.Tensor, settings: dict | None = None) -> t
     return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 
+HEAD_HEIGHT_MM = 170.0  # vertex to the skull base and a little below: the part of a scan that is head
+
+
 def foreground_center(volume: Volume, normalised: torch.Tensor | None = None) -> np.ndarray:
-    """LPS centre of the foreground (the head): centroid of voxels above a fraction of the window."""
+    """LPS centre of the head: centroid of the foreground within ``HEAD_HEIGHT_MM`` of its top.
+
+    Neck and shoulders in the field of view must not pull the centre down, so only the foreground
+    below the highest (most superior, LPS z) part of the scan counts.
+    """
     t = normalised if normalised is not None else normalise(volume.array)
     step = max(1, int(round(min(t.shape) / 64)))  # a coarse view is enough for a centroid
     small = t[::step, ::step, ::step]
@@ -58,5 +65,8 @@ def foreground_center(volume: Volume, normalised: torch.Tensor | None = None) ->
     if int(mask.sum()) < 10:
         mask = small > small.mean()
     k, j, i = torch.nonzero(mask, as_tuple=True)
-    index = torch.stack([i, j, k], 1).double().mean(0).numpy() * step
-    return volume.index_to_physical(index)
+    index = torch.stack([i, j, k], 1).double().numpy() * step
+    phys = volume.index_to_physical(index)
+    top = float(np.percentile(phys[:, 2], 99.5))
+    head = phys[phys[:, 2] >= top - HEAD_HEIGHT_MM]
+    return (head if len(head) else phys).mean(0)

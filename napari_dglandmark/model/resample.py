@@ -80,3 +80,27 @@ def resample(image: torch.Tensor, source: Geometry, grid: Geometry,
     if padding:
         return F.grid_sample(src - padding, coords, mode=mode, padding_mode="zeros", align_corners=True) + padding
     return F.grid_sample(src, coords, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def grid_points(grid: Geometry) -> torch.Tensor:
+    """Physical LPS position (mm) of every voxel of ``grid``: [D, H, W, 3] float32."""
+    d, h, w = grid.shape
+    k, j, i = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
+    index = torch.stack([i, j, k], -1).double().reshape(-1, 3).numpy()
+    return torch.as_tensor(grid.index_to_physical(index), dtype=torch.float32).reshape(d, h, w, 3)
+
+
+def sample_at(image: torch.Tensor, source: Geometry, points_lps: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``image`` ([C, D, H, W] or [D, H, W] on ``source``) at LPS points [B, d, h, w, 3]: [B, C, d, h, w].
+
+    For maps that are not affine (thin-plate-spline warps); outside the source gives 0.
+    """
+    src = image.reshape(1, -1, *image.shape[-3:])
+    if not src.is_floating_point():
+        src = src.float()
+    m = _normaliser(source.size) @ np.linalg.inv(source.index_to_physical_matrix())
+    m = torch.as_tensor(m, dtype=torch.float32, device=src.device)
+    pts = points_lps.to(src.device, torch.float32)
+    coords = pts @ m[:3, :3].T + m[:3, 3]
+    src = src.expand(pts.shape[0], -1, -1, -1, -1)
+    return F.grid_sample(src, coords, mode=mode, padding_mode="zeros", align_corners=True)
