@@ -1,4 +1,4 @@
-"""3D volumes with their physical geometry, read and written through SimpleITK.
+"""3D volumes with their physical geometry: read with SimpleITK, our NIfTI / MGH / DICOM readers; written with SimpleITK.
 
 Conventions (the whole project uses them):
 - ``Volume.array`` is indexed ``[k, j, i]`` = ``(z, y, x)`` (numpy order).
@@ -10,10 +10,8 @@ Conventions (the whole project uses them):
 
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,19 @@ import SimpleITK as sitk
 from ..errors import DGLandmarkError
 from .atomic import atomic_path, check_output_path
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh", ".dcm")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_MGH_SUFFIXES = (".mgz", ".mgh")
+_COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """Whether a file name is one that ``read_volume`` reads as a volume on its own.
+
+    ``.dcm`` is left out: a DICOM file is usually one slice, and DICOM is read by folder.
+    """
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in VOLUME_SUFFIXES if s != ".dcm")
 
 
 @dataclass(frozen=True)
@@ -137,26 +147,48 @@ def geometry_from_sitk(image: sitk.Image) -> Geometry:
     )
 
 
+def check_grid(size: tuple[int, ...], where: str | os.PathLike) -> int:
+    """The number of axes that count (trailing axes of length 1 beyond the third do not); 3D or refused."""
+    size = tuple(int(n) for n in size)
+    dim = len(size)
+    while dim > 3 and size[dim - 1] == 1:
+        dim -= 1
+    if dim != 3:
+        raise DGLandmarkError(f"is a {dim}D image {size[:max(dim, 1)]}; a 3D volume is needed", where)
+    if min(size[:3]) < 2:
+        raise DGLandmarkError(f"is a single slice {size[:3]} (2D); a 3D volume is needed", where)
+    return dim
+
+
+def check_geometry(geometry: Geometry, where: str | os.PathLike) -> None:
+    """Refuse what no physical grid can be: non-positive or non-finite voxel sizes, a singular direction."""
+    spacing = np.asarray(geometry.spacing, dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise DGLandmarkError(f"implausible voxel size {tuple(spacing.tolist())} mm", where)
+    direction = geometry.direction
+    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6 \
+            or not np.all(np.isfinite(geometry.origin)):
+        raise DGLandmarkError("invalid orientation or origin in the image header", where)
+
+
 def volume_from_sitk(image: sitk.Image, path: str | None = None) -> Volume:
     """Wrap a SimpleITK image, checking that it is a scalar 3D volume."""
     where = path or "image"
+    if image.GetPixelID() in _COMPLEX_PIXELS:
+        raise DGLandmarkError(f"pixel type is {image.GetPixelIDTypeAsString()}, not a scalar intensity; "
+                              "a grey-value 3D volume is needed", where)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DGLandmarkError(
-            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel, not a scalar intensity; "
             "a scalar (grey-value) 3D volume is needed",
             where,
         )
-    dim = image.GetDimension()
-    if dim == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-        dim = 3
-    if dim != 3:
-        raise DGLandmarkError(f"is a {dim}D image {tuple(image.GetSize())}; a 3D volume is needed", where)
-    if min(image.GetSize()) < 2:
-        raise DGLandmarkError(
-            f"is a single slice {tuple(image.GetSize())} (2D); a 3D volume is needed", where
-        )
-    return Volume(sitk.GetArrayFromImage(image), geometry_from_sitk(image), path)
+    dim = check_grid(image.GetSize(), where)
+    if image.GetDimension() > dim:
+        image = image[(slice(None),) * 3 + (0,) * (image.GetDimension() - 3)]
+    volume = Volume(sitk.GetArrayFromImage(image), geometry_from_sitk(image), path)
+    check_geometry(volume.geometry, where)
+    return volume
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:
@@ -168,55 +200,68 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise DGLandmarkError("folder holds no DICOM series", folder)
-    if len(series) > 1:
-        # The largest series is the one a user means; smaller ones are scouts or derived.
-        series = sorted(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
-    files = reader.GetGDCMSeriesFileNames(str(folder), series[-1])
-    reader.SetFileNames(files)
-    return reader.Execute()
+def read_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
+    """Read a NIfTI / NRRD / MetaImage / FreeSurfer MGH file or a DICOM folder as a 3D Volume.
 
-
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a NIfTI / NRRD / MetaImage file or a DICOM series folder as a 3D Volume."""
+    ``series`` picks one volume of a DICOM folder that holds several (the error listing them gives
+    their ids); it is ignored for other files.
+    """
     src = Path(path)
     if not src.exists():
         raise DGLandmarkError("no such file or folder", src)
+    name = src.name.lower()
+    if src.is_dir() or name.endswith(".dcm"):
+        from .dicom import read_dicom
+
+        volume = read_dicom(src, series)
+        check_grid(volume.geometry.size, src)
+        check_geometry(volume.geometry, src)
+        return volume
+    if name.endswith(_NIFTI_SUFFIXES):
+        return _read_nifti(src)
+    if name.endswith(_MGH_SUFFIXES):
+        return _read_mgh(src)
     try:
-        image = _read_dicom_series(src) if src.is_dir() else sitk.ReadImage(str(src))
+        image = sitk.ReadImage(str(src))
     except RuntimeError as exc:
         reason = _first_reason(str(exc))
         raise DGLandmarkError(f"cannot read image (corrupt, truncated or unsupported): {reason}", src) from None
-    if not src.is_dir():
-        _check_nifti_complete(src, image)
     try:
         return volume_from_sitk(image, str(src))
     except RuntimeError as exc:  # truncated compressed data surfaces only when pixels are read
         raise DGLandmarkError(f"cannot read image voxels: {_first_reason(str(exc))}", src) from None
 
 
-def _check_nifti_complete(src: Path, image: sitk.Image) -> None:
-    """ITK's NIfTI reader zero-fills a truncated .nii / .nii.gz silently; refuse such files."""
-    name = src.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return
-    needed = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
-    if name.endswith(".gz"):
-        size = 0
-        try:
-            with gzip.open(src, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    size += len(chunk)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DGLandmarkError(f"truncated or corrupt compressed image ({exc.__class__.__name__})", src) from None
-    else:
-        size = src.stat().st_size
-    if size < needed + 348:  # the NIfTI header is at least 348 bytes
-        raise DGLandmarkError(f"truncated image: {size} bytes, the voxels alone need {needed}", src)
+def _read_nifti(src: Path) -> Volume:
+    """NIfTI voxels as the header describes them, geometry as SimpleITK reads it (see ``io.nifti``)."""
+    from .nifti import read_nifti
+
+    array, info = read_nifti(src)
+    dim = check_grid(array.shape[::-1], src)
+    array = array.reshape(array.shape[-3:]) if array.ndim > dim else array
+    size = info.GetSize()
+    n = info.GetDimension()
+    if tuple(size[:3]) != tuple(array.shape[::-1]):
+        raise DGLandmarkError(f"SimpleITK reads the grid as {tuple(size)}, the header says "
+                              f"{tuple(array.shape[::-1])}", src)
+    direction = np.array(info.GetDirection(), dtype=float).reshape(n, n)[:3, :3]
+    geometry = Geometry(array.shape, tuple(float(v) for v in info.GetSpacing()[:3]),
+                        tuple(float(v) for v in info.GetOrigin()[:3]), direction)
+    check_geometry(geometry, src)
+    return Volume(array, geometry, str(src))
+
+
+def _read_mgh(src: Path) -> Volume:
+    """A FreeSurfer .mgz / .mgh volume (see ``io.mgh``)."""
+    from .mgh import read_mgh
+
+    array, spacing, lps = read_mgh(src)
+    dim = check_grid(array.shape[::-1], src)
+    array = array.reshape(array.shape[-3:]) if array.ndim > dim else array
+    geometry = Geometry(array.shape, tuple(float(v) for v in spacing), tuple(float(v) for v in lps[:3, 3]),
+                        lps[:3, :3] / spacing)
+    check_geometry(geometry, src)
+    return Volume(array, geometry, str(src))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
