@@ -295,3 +295,22 @@ def test_module_refuses_a_file_as_folder(tmp_path: Path) -> None:
     with pytest.raises(DGLandmarkError, match="not a folder"):
         write_module(tmp_path / "f")
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_module_written_from_a_virtual_environment_runs_its_python(tmp_path: Path) -> None:
+    """The launcher names the venv's interpreter (not the base Python it links to), so the venv's packages load."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True, timeout=120)
+    python = venv / "bin" / "python"
+    done = subprocess.run([str(python), "-m", "napari_dglandmark.cli", "slicer-module", str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    launcher = tmp_path / "m" / MODULE_NAME
+    assert f"exec {python} -m napari_dglandmark.slicer_module" in launcher.read_text()
+    probe = tmp_path / "probe.py"  # the launcher runs `python -m napari_dglandmark.slicer_module`: ask that Python
+    probe.write_text("import sys; print(sys.prefix)\n")
+    shown = subprocess.run([str(python), str(probe)], capture_output=True, text=True, timeout=60)
+    assert shown.stdout.strip() == str(venv)
+    done = subprocess.run([str(launcher), "--xml"], capture_output=True, text=True, env=SLICER_ENV, timeout=120)
+    assert done.returncode == 0 and done.stdout == module_xml(), done.stderr
