@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -11,17 +13,49 @@ from ..io.volume import Volume
 DEFAULT_NORMALISATION = {"kind": "percentile", "low": 0.5, "high": 99.5}
 
 
+# Floors below which an image cannot hold the anatomy of any protocol. They are deliberately loose
+# (an adult head is >= ~100 mm along every axis, a fetal brain ~50 mm; test phantoms are ~25 mm):
+# they refuse garbage (a 2x2x2 image, a header in the wrong unit), not unusual scans.
+MIN_VOXELS_PER_AXIS = 8
+MIN_FIELD_OF_VIEW_MM = 20.0
+MAX_VOXEL_SIZE_MM = 15.0  # thick-slice clinical scans go to ~10 mm
+
+
 def check_voxels(volume: Volume) -> None:
-    """Refuse volumes that no model can read: non-finite or constant voxels."""
+    """Refuse volumes that no model can read (all NaN, constant, too small, implausible voxel size).
+
+    NaN / infinite voxels (masked pipelines write them outside the head) are background: a
+    one-line warning, and ``normalise`` maps them to the low end of the window.
+    """
     arr = volume.array
     where = volume.path or "image"
     if arr.size == 0:
         raise DGLandmarkError("image is empty", where)
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise DGLandmarkError(f"image has {bad} NaN or infinite voxels", where)
-    if float(arr.max()) == float(arr.min()):
-        raise DGLandmarkError(f"image is constant (every voxel is {float(arr.min()):g})", where)
+    bad = 0
+    values = arr
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        bad = int(arr.size - np.count_nonzero(finite))
+        if bad == arr.size:
+            raise DGLandmarkError("every voxel is NaN or infinite", where)
+        values = arr[finite] if bad else arr
+    if float(values.max()) == float(values.min()):
+        rest = f", apart from {bad} NaN or infinite" if bad else ""
+        raise DGLandmarkError(f"image is constant (every voxel is {float(values.min()):g}{rest})", where)
+    size = volume.geometry.size
+    spacing = np.asarray(volume.spacing, dtype=float)
+    fov = np.asarray(size, dtype=float) * spacing
+    shown = " x ".join(f"{v:g}" for v in fov)
+    if min(size) < MIN_VOXELS_PER_AXIS or fov.min() < MIN_FIELD_OF_VIEW_MM:
+        raise DGLandmarkError(
+            f"image is smaller than any protocol's anatomy: {' x '.join(map(str, size))} voxels covering {shown} mm "
+            f"(need >= {MIN_VOXELS_PER_AXIS} voxels and >= {MIN_FIELD_OF_VIEW_MM:g} mm along each axis)", where)
+    if spacing.max() > MAX_VOXEL_SIZE_MM:
+        raise DGLandmarkError(
+            f"implausible voxel size {' x '.join(f'{v:g}' for v in spacing)} mm for landmark detection "
+            f"(at most {MAX_VOXEL_SIZE_MM:g} mm; is the header in the wrong unit?)", where)
+    if bad:
+        warnings.warn(f"{where}: {bad} NaN or infinite voxels treated as background", stacklevel=2)
 
 
 def _sample(arr: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
@@ -44,7 +78,12 @@ def normalise(arr: np.ndarray | torch.Tensor, settings: dict | None = None) -> t
     if s["kind"] != "percentile":
         raise DGLandmarkError(f"unknown intensity normalisation {s['kind']!r}")
     data = arr if isinstance(arr, np.ndarray) else arr.cpu().numpy()
-    lo, hi = intensity_window(data, s["low"], s["high"])
+    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
+    if finite is not None and not finite.all():  # NaN / Inf are background: the window's low end
+        lo, hi = intensity_window(data[finite], s["low"], s["high"])
+        data = np.where(finite, data, np.asarray(lo, dtype=data.dtype))
+    else:
+        lo, hi = intensity_window(data, s["low"], s["high"])
     t = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32)
     return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
