@@ -24,10 +24,14 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import DGLandmarkError
+
+if TYPE_CHECKING:
+    from .io.landmarks import Landmarks
+    from .protocols import Protocol
 
 MODULE_NAME = "DGLandmarkDetect"
 DEFAULT_MODEL = "afids32"
@@ -236,7 +240,7 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _needs_review(landmarks: Any) -> list[bool]:
+def _needs_review(landmarks: Landmarks) -> list[bool]:
     """Per-landmark review flag: the Landmarks' own when it carries one, else a low confidence."""
     own = getattr(landmarks, "needs_review", None)
     if own is not None:
@@ -246,7 +250,7 @@ def _needs_review(landmarks: Any) -> list[bool]:
     return [bool(c < LOW_CONFIDENCE) for c in landmarks.confidence]  # NaN (unknown) is not flagged
 
 
-def _describe(landmarks: Any, protocol: Any, review: list[bool]) -> list[str]:
+def _describe(landmarks: Landmarks, protocol: Protocol | None, review: list[bool]) -> list[str]:
     """Point descriptions that Slicer's Markups table shows: what the landmark is, confidence, review flag."""
     out = []
     for i, name in enumerate(landmarks.names):
