@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import DGLandmarkError
 from .io import LANDMARK_SUFFIXES, read_landmarks, read_volume
-from .io.volume import VOLUME_SUFFIXES
+from .io.volume import is_volume_file
 from .layers import LayerDataTuple, image_layer_data, points_layer_data, protocol_of
 
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 
 
+def _notify(exc: DGLandmarkError) -> None:
+    """Show the one-line reason in napari (no-op without napari)."""
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:
+        return
+    show_error(str(exc))
+
+
 def _notify_and_raise(exc: DGLandmarkError) -> None:
     """napari wraps reader errors in a generic message; show the one-line reason as well."""
     try:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
+        _notify(exc)
     finally:
         raise exc
 
 
-def _is_volume(path: str) -> bool:
-    name = path.lower()
-    return any(name.endswith(s) for s in VOLUME_SUFFIXES if s != ".dcm")
-
-
 def _is_dicom_folder(path: Path) -> bool:
-    """A folder with at least one DICOM file (by suffix or by the DICM preamble)."""
+    """A folder with at least one DICOM file (by suffix or by the DICM preamble), in it or below it."""
     if not path.is_dir():
         return False
-    for n, child in enumerate(path.iterdir()):
+    children = (Path(root) / name for root, _dirs, names in os.walk(path) for name in names)
+    for n, child in enumerate(children):
         if n > 200:
             break
         if child.is_file():
@@ -66,7 +70,7 @@ def _claims(path: str) -> str | None:
     name = p.name.lower()
     if p.is_dir():
         return "volume" if _is_dicom_folder(p) else None
-    if _is_volume(name):
+    if is_volume_file(name):
         return "volume"
     if name.endswith(".csv"):
         return "landmarks" if _is_landmark_csv(p) else None
@@ -84,14 +88,25 @@ def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 
 def read_paths(path: str | Sequence[str]) -> list[LayerDataTuple]:
-    """Layer data for each path (image layers for volumes, points layers for landmark files)."""
+    """Layer data for each path (image layers for volumes, points layers for landmark files).
+
+    A file that cannot be read is reported on its own (one line naming it); the others still open.
+    Only when none opens is the (first) error raised.
+    """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     out: list[LayerDataTuple] = []
+    failed: list[DGLandmarkError] = []
     for p in paths:
         try:
             out.append(read_volume_layer(str(p)) if _claims(str(p)) == "volume" else read_landmark_layer(str(p)))
         except DGLandmarkError as exc:
-            _notify_and_raise(exc)
+            failed.append(exc)
+    if failed and not out:
+        for exc in failed[1:]:
+            _notify(exc)
+        _notify_and_raise(failed[0])
+    for exc in failed:
+        _notify(exc)
     return out
 
 

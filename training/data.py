@@ -25,7 +25,7 @@ import torch
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import LANDMARK_SUFFIXES, Landmarks, is_seed_case, read_landmarks, read_volume
 from napari_dglandmark.io.atomic import atomic_path, write_text_atomic
-from napari_dglandmark.io.volume import Geometry, Volume, strip_volume_suffix
+from napari_dglandmark.io.volume import Geometry, Volume, is_volume_file, strip_volume_suffix
 from napari_dglandmark.model.checkpoint import file_sha256
 from napari_dglandmark.model.resample import resample
 from napari_dglandmark.model.single_stage import SingleStageConfig, model_grid, prepare_input
@@ -49,7 +49,7 @@ class SegmentationItem:
 
 
 def _is_volume(path: Path) -> bool:
-    return path.is_file() and strip_volume_suffix(path.name) != path.name
+    return path.is_file() and is_volume_file(path)
 
 
 def _read_manifest(path: Path, columns: tuple[str, str]) -> list[tuple[str, Path, Path]]:
