@@ -146,7 +146,7 @@ def _detect_one(image: str, detector: Any, args: argparse.Namespace) -> tuple[An
     """Read one image and detect its landmarks: (volume, landmarks)."""
     from .io import read_volume
 
-    volume = read_volume(image)
+    volume = read_volume(image, series=getattr(args, "series", None))
     landmarks = detector.detect(volume)
     landmarks.image = str(image)
     return volume, landmarks
@@ -233,6 +233,8 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="with --out DIR: skip images whose result file exists (resume a stopped batch)")
     p.add_argument("--protocol", default=None, help="refuse a model that is not for this protocol")
+    p.add_argument("--series", default=None, metavar="ID",
+                   help="the volume to read from a DICOM folder holding several (its error lists the ids)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_detect)
