@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install the plugin and run the main job on the bundled sample:
-# napari with the sample volume and the Detect widget (headless: `dglandmark detect` on the sample).
+# Install the plugin into .venv (created on first use, see scripts/_venv.sh) and run the main job on
+# the bundled sample: napari with the sample volume and the Detect widget (headless: `dglandmark detect`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-"$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[qt]"
+source scripts/_venv.sh
+use_venv
+install_project qt
+export QT_API="${QT_API:-pyqt6}"  # napari's supported binding (the `qt` extra installs it)
 if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ -z "${DGLANDMARK_HEADLESS:-}" ]; then
     exec "$PY" -m napari_dglandmark.launch
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the tests need (system packages for Qt under Xvfb, Python packages),
-# then run the whole test suite under a virtual display. Used by the README and by CI.
+# Install everything the tests need (system packages for Qt under Xvfb; Python packages into .venv,
+# created on first use, see scripts/_venv.sh), then run the whole test suite under a virtual display.
+# Used by the README and by CI. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,16 +13,13 @@ missing=""
 for pkg in $QT_DEB_PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
+source scripts/_venv.sh
 if [ -n "$missing" ]; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+    apt_install $missing
 fi
-
-PY="${PYTHON:-python3}"
-# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build on a machine with none.
-"$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[testing]"
+use_venv
+install_project testing
 
 export QT_QPA_PLATFORM="${QT_QPA_PLATFORM:-xcb}"
+export QT_API="${QT_API:-pyqt6}"  # napari's supported binding; tests/conftest.py gives pytest-qt the same
 xvfb-run -a -s "-screen 0 1600x1200x24" "$PY" -m pytest "$@"

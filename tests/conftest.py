@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+
+def _choose_qt_binding() -> None:
+    """One Qt binding for napari (qtpy) and pytest-qt alike: PyQt6 (napari deprecated PyQt5) when installed.
+
+    pytest-qt and qtpy guess in different orders, so with two bindings installed they could each load a
+    different one; pinning both here (before pytest-qt configures) keeps them together.
+    """
+    api = os.environ.get("QT_API") or ("pyqt6" if importlib.util.find_spec("PyQt6") else None)
+    if api:
+        os.environ["QT_API"] = api
+        os.environ.setdefault("PYTEST_QT_API", api)
+
+
+_choose_qt_binding()
 
 SHARED_DATA = Path(
     os.environ.get("DGLANDMARK_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
