@@ -9,6 +9,8 @@ from .layers import LayerDataTuple
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_VOLUME = SAMPLE_DIR / "afids_t1w_2mm.nii.gz"
 SAMPLE_LANDMARKS = SAMPLE_DIR / "afids_t1w_2mm_groundtruth.mrk.json"
+#: ``metadata[SAMPLE_KEY]`` marks the sample's layers: the Detect widget retires them when a scan opens
+SAMPLE_KEY = "dglandmark_sample"
 
 
 def afids_t1w() -> list[LayerDataTuple]:
@@ -17,7 +19,9 @@ def afids_t1w() -> list[LayerDataTuple]:
 
     image = read_volume_layer(str(SAMPLE_VOLUME))
     image[1]["name"] = "afids_t1w"
+    image[1]["metadata"][SAMPLE_KEY] = True
     points = read_landmark_layer(str(SAMPLE_LANDMARKS))
     points[1]["name"] = "afids_t1w landmarks"
     points[1]["metadata"]["image"] = str(SAMPLE_VOLUME)
+    points[1]["metadata"][SAMPLE_KEY] = True
     return [image, points]

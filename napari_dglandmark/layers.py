@@ -122,7 +122,10 @@ def guess_protocol(names: Sequence[str]) -> Protocol | None:
     """The bundled protocol that knows every name (most landmarks wins), or None."""
     best: tuple[int, Protocol] | None = None
     for pname in available_protocols():
-        protocol = load_protocol(pname)
+        try:
+            protocol = load_protocol(pname)
+        except DGLandmarkError:
+            continue  # not a protocol (a data file beside them), or a broken one: it cannot be the match
         try:
             for n in names:
                 protocol.index_of(n)

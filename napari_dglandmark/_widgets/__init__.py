@@ -8,6 +8,20 @@ if TYPE_CHECKING:
     import napari
 
 
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's plugin proxies (``PublicOnlyProxy``).
+
+    napari hands dock widgets a proxy viewer whose layers are fresh proxies on every access, so
+    ``is`` checks and weak references on them silently fail; the widgets keep the real objects.
+    """
+    for _ in range(8):  # proxies of proxies are possible, loops are not
+        inner = getattr(obj, "__wrapped__", None)
+        if inner is None or inner is obj:
+            break
+        obj = inner
+    return obj
+
+
 def landmark_layers(viewer: napari.viewer.Viewer) -> list[Any]:
     """Points layers that hold named landmarks (a ``landmark`` feature)."""
     from napari.layers import Points
@@ -37,7 +51,7 @@ class LayerFollower:
         """The shared parts of a landmark panel: a title, a read-only table and a message line."""
         from qtpy.QtWidgets import QAbstractItemView, QLabel, QTableWidget
 
-        self.viewer = viewer
+        self.viewer = unwrap(viewer)
         self.layer = None
         self.title = QLabel()
         self.message = QLabel()

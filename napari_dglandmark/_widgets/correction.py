@@ -18,11 +18,22 @@ from qtpy.QtCore import QTimer
 
 from ..errors import DGLandmarkError
 from ..io.landmarks import Landmarks, normalise_name
-from ..layers import geometry_from_metadata, landmarks_from_points, points_layer_data, protocol_of
-from ..session import CorrectionSession, export_all, next_name, save_sidecar, sidecar_path
+from ..io.volume import strip_volume_suffix
+from ..layers import (
+    geometry_from_metadata,
+    landmarks_from_points,
+    marker_style,
+    next_for_review,
+    pending_review,
+    points_layer_data,
+    protocol_of,
+    review_flags,
+)
+from ..session import CorrectionSession, export_all, export_paths, next_name, save_sidecar
+from . import unwrap
 
 #: (key, what it does): bound on each landmark layer; none is a napari default for points layers
-SHORTCUTS = (("N", "next landmark"), ("B", "previous landmark"),
+SHORTCUTS = (("N", "next landmark that needs review (else the next one)"), ("B", "previous landmark"),
              ("Y", "accept the current landmark (verified) and go to the next"), ("U", "undo the last change"))
 AUTOSAVE_MS = 500
 _CORRECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -40,7 +51,8 @@ def ask_save_path(caption: str, start: str = "") -> str | None:
     """A file name for an export (module level, so tests can answer it)."""
     from qtpy.QtWidgets import QFileDialog
 
-    path, _ = QFileDialog.getSaveFileName(None, caption, start, "Landmark CSV (*.csv)")
+    path, _ = QFileDialog.getSaveFileName(
+        None, caption, start, "Landmarks NAME.csv + NAME_measurements.csv + NAME.mrk.json (*.csv)")
     return path or None
 
 
@@ -52,6 +64,7 @@ def _show(kind: str, message: str) -> None:
 
 def corrector_for(layer: Any, viewer: Any = None, session: CorrectionSession | None = None) -> Corrector:
     """The layer's Corrector (made on first use); ``session`` replaces its state when given."""
+    layer, viewer = unwrap(layer), unwrap(viewer)
     corrector = _CORRECTORS.get(layer)
     if corrector is None:
         corrector = Corrector(layer, viewer, session)
@@ -65,7 +78,7 @@ def corrector_for(layer: Any, viewer: Any = None, session: CorrectionSession | N
 
 
 def existing_corrector(layer: Any) -> Corrector | None:
-    return _CORRECTORS.get(layer)
+    return _CORRECTORS.get(unwrap(layer))
 
 
 class Corrector:
@@ -81,6 +94,12 @@ class Corrector:
             landmarks, image=meta.get("image"), model=meta.get("model"), model_sha256=meta.get("model_sha256"),
             protocol=self.protocol.name if self.protocol else None)
         self.current: str | None = None
+        #: what the model flagged, by name (kept in the layer metadata; edits never change it)
+        self.flags: dict[str, bool] = dict(meta.get("needs_review") or {}) or {
+            n: bool(f) for n, f in zip(landmarks.names, review_flags(landmarks), strict=True)}
+        #: names (normalised) of landmarks the user has looked at (selected)
+        self.visited: set[str] = set()
+        self._warned_unvisited = False
         #: called with the current landmark name whenever it changes or the landmarks change
         self.listeners: list[Callable[[str | None], None]] = []
         self.ask: Callable[[str], bool] | None = None
@@ -110,10 +129,11 @@ class Corrector:
         return list(self.session.landmarks.names)
 
     def attach_viewer(self, viewer: Any) -> None:
-        self.viewer = viewer
-        removing = getattr(viewer.layers.events, "removing", None)
-        if removing is not None:
-            removing.connect(self._on_removing)
+        self.viewer = unwrap(viewer)
+        # 'removed' carries the layer itself; an index looked up in 'removing' can name another layer
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.viewer.dims.events.ndisplay.connect(self._update_labels)
+        self._update_labels()
 
     def _ask(self, question: str) -> bool:
         return (self.ask or ask)(question)
@@ -207,13 +227,31 @@ class Corrector:
         if list(features["status"]) != status:
             features["status"] = status
             layer.features = features
+        self._restyle(landmarks)
+
+    def _restyle(self, landmarks: Landmarks) -> None:
+        """Markers from the review state: a star while a flagged landmark waits for a person."""
+        layer = self.layer
+        if layer is None or not len(layer.data):
+            return
+        rows = []
+        for value in layer.features["landmark"]:
+            try:
+                rows.append(landmarks.index_of(str(value)))
+            except KeyError:
+                return
+        style = marker_style(landmarks, np.array(rows), self.flags)
+        if list(layer.symbol) != list(style["symbol"]):
+            layer.symbol = style["symbol"]
+        layer.border_color = style["border_color"]
+        layer.border_width = style["border_width"]
 
     def _write_layer(self, landmarks: Landmarks) -> None:
         """Points, names, statuses and colours of the whole layer from ``landmarks``."""
         layer = self.layer
         selected = {str(layer.features["landmark"][i]) for i in layer.selected_data
                     if i < len(layer.features)}
-        data, kwargs, _ = points_layer_data(landmarks, self.protocol, name=layer.name)
+        data, kwargs, _ = points_layer_data(landmarks, self.protocol, name=layer.name, needs_review=self.flags)
         busy, self._busy = self._busy, True
         try:
             layer.data = data
@@ -222,20 +260,51 @@ class Corrector:
                 layer.face_color = kwargs["face_color"]
                 layer.border_color = kwargs["border_color"]
                 layer.border_width = kwargs["border_width"]
+                layer.symbol = kwargs["symbol"]
+            layer.metadata["needs_review"] = dict(self.flags)
             layer.selected_data = {i for i, v in enumerate(kwargs["features"]["landmark"]) if v in selected}
         finally:
             self._busy = busy
+        self._update_labels()
 
     def replace(self, session: CorrectionSession) -> None:
         """Take a new session (a new detection or a restored sidecar) and show it."""
         self.session = session
-        self._write_layer(session.landmarks)
+        lms = session.landmarks
+        self.flags = {n: bool(f) for n, f in zip(lms.names, review_flags(lms), strict=True)}
+        self.visited.clear()
+        self._warned_unvisited = False
+        self._write_layer(lms)
         self._changed()
 
     def _changed(self) -> None:
-        if self.session.image:
+        # autosave only what a person did: a fresh detection is not work that could be lost
+        if self.session.image and self.session.edited:
             self._timer.start()
         self._notify()
+
+    def pending(self) -> list[str]:
+        """Landmarks the model flagged that no person has verified, moved or placed yet."""
+        lms = self.session.landmarks
+        return [n for n, p in zip(lms.names, pending_review(lms, self.flags), strict=True) if p]
+
+    def unvisited_pending(self) -> list[str]:
+        """Flagged landmarks still pending that were never even looked at (selected)."""
+        return [n for n in self.pending() if normalise_name(n) not in self.visited]
+
+    def _update_labels(self, event: Any = None) -> None:
+        """In 3D only the current landmark is labelled (32 labels over a rendering are unreadable)."""
+        layer = self.layer
+        if layer is None:
+            return
+        three_d = self.viewer is not None and self.viewer.dims.ndisplay == 3
+        if not three_d:
+            if getattr(layer.text.string, "format", None) != "{landmark}":
+                layer.text.string = "{landmark}"
+            return
+        key = normalise_name(self.current or "")
+        labels = [str(v) if key and normalise_name(str(v)) == key else "" for v in layer.features["landmark"]]
+        layer.text.string = {"array": labels, "default": ""}
 
     def _notify(self) -> None:
         for listener in list(self.listeners):
@@ -245,6 +314,8 @@ class Corrector:
     def select(self, name: str | None, centre: bool = True) -> None:
         """Make ``name`` the current landmark; centre the view on its point and select the point."""
         self.current = name
+        if name is not None:
+            self.visited.add(normalise_name(name))
         if name is not None and self.layer is not None:
             i = self._point_of(name)
             if i is None:
@@ -253,6 +324,7 @@ class Corrector:
                 if centre:
                     self.centre_on(i)
                 self.layer.selected_data = {i}
+        self._update_labels()
         self._notify()
 
     def centre_on(self, i: int) -> None:
@@ -272,6 +344,11 @@ class Corrector:
         camera.center = tuple(float(world[d]) for d in dims.displayed)
 
     def next(self) -> None:
+        """The next landmark that still needs review; when none is left, the next one in order."""
+        name = next_for_review(self.session.landmarks, self.current, self.flags)
+        self.select(name or next_name(self.names, self.current, 1))
+
+    def next_in_order(self) -> None:
         self.select(next_name(self.names, self.current, 1))
 
     def previous(self) -> None:
@@ -286,7 +363,7 @@ class Corrector:
         return None
 
     def accept(self) -> None:
-        """The current landmark is right: status ``verified``; then go to the next one."""
+        """The current landmark is right: status ``verified``; then go to the next one needing review."""
         name = self._target()
         if name is None:
             _show("info", "select a landmark to accept")
@@ -311,10 +388,12 @@ class Corrector:
 
     # -- files -------------------------------------------------------------------------------
     def save_now(self) -> Path | None:
-        """Write the autosave sidecar now (normally debounced after each change)."""
+        """Write the autosave sidecar now (normally debounced after each edit); nothing before an edit."""
         self._timer.stop()
-        if not self.session.image:
+        if not self.session.image or not self.session.edited:
             return None
+        lms = self.session.landmarks
+        lms.needs_review = review_flags(lms, self.flags)  # the flags travel with the saved session
         try:
             self.autosaved = save_sidecar(self.session)
         except (DGLandmarkError, OSError) as exc:
@@ -332,12 +411,26 @@ class Corrector:
         self.save_now()
         return paths
 
+    def confirm_unreviewed(self) -> bool:
+        """Once per layer: warn when landmarks flagged for review were never looked at; False = do not export."""
+        unseen = self.unvisited_pending()
+        if not unseen or self._warned_unvisited:
+            return True
+        self._warned_unvisited = True
+        shown = ", ".join(unseen[:6]) + (f" and {len(unseen) - 6} more" if len(unseen) > 6 else "")
+        return self._ask(f"{len(unseen)} landmark{'s' if len(unseen) > 1 else ''} flagged for review "
+                         f"{'were' if len(unseen) > 1 else 'was'} never looked at: {shown}. Export anyway?")
+
     def export_dialog(self, coords: str = "RAS") -> list[Path]:
-        """Ask for a file name and export; errors become a notification."""
+        """Ask for a file name and export the three files; errors become a notification."""
+        if not self.confirm_unreviewed():
+            return []
         start = ""
         if self.session.image:
-            start = str(sidecar_path(self.session.image)).replace(".dglandmark.json", "_landmarks.csv")
-        path = (self.ask_save_path or ask_save_path)("Export landmarks", start)
+            image = Path(self.session.image)
+            start = str(export_paths(image.parent / f"{strip_volume_suffix(image.name)}_landmarks")["landmarks"])
+        caption = "Export landmarks: NAME.csv, NAME_measurements.csv and NAME.mrk.json (Slicer)"
+        path = (self.ask_save_path or ask_save_path)(caption, start)
         if not path:
             return []
         try:
@@ -348,18 +441,16 @@ class Corrector:
         _show("info", f"exported {', '.join(p.name for p in paths)} to {paths[0].parent}")
         return paths
 
-    def _on_removing(self, event: Any) -> None:
+    def _on_removed(self, event: Any) -> None:
         """napari cannot veto a removal: offer to export, and the autosave keeps the corrections anyway."""
-        try:
-            layer = self.viewer.layers[event.index]
-        except (IndexError, TypeError, AttributeError):
+        layer = self.layer
+        if layer is None or unwrap(getattr(event, "value", None)) is not layer:
             return
-        if layer is not self.layer:
-            return
-        self.viewer.layers.events.removing.disconnect(self._on_removing)
+        self.viewer.layers.events.removed.disconnect(self._on_removed)
+        self.viewer.dims.events.ndisplay.disconnect(self._update_labels)
         if not (self.session.unexported and self.session.edited):
             return
         where = self.save_now()
-        kept = f" (they stay in {where.name})" if where else ""
+        kept = f" (they stay in the autosave {where.name})" if where else ""
         if self._ask(f"{layer.name} has corrections that were not exported{kept}. Export them now?"):
             self.export_dialog()

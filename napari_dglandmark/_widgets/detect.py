@@ -1,6 +1,8 @@
 """'Detect landmarks' dock widget: image layer + model + device -> a landmark points layer.
 
 Inference runs in a worker thread (the viewer stays responsive) with a progress bar and Cancel.
+The image choice is a magicgui layer choice: its value is the layer itself (renaming keeps it), the
+newest image layer becomes the choice, and a removed one leaves it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -18,14 +20,16 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
+from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
 from ..layers import KIND_KEY, geometry_metadata, points_layer_data, volume_from_image_layer
 from ..session import CorrectionSession, load_sidecar, read_sidecar
-from . import correction, landmark_layers
+from . import correction, landmark_layers, unwrap
 
 if TYPE_CHECKING:
     import napari
@@ -96,7 +100,9 @@ class DetectWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
+        from magicgui.widgets import ComboBox
+
+        self.viewer = unwrap(napari_viewer)
         #: injectable for tests: yes/no questions and the checkpoint file dialog
         self.ask: Callable[[str], bool] | None = None
         self.browse: Callable[[], str | None] | None = None
@@ -104,7 +110,10 @@ class DetectWidget(QWidget):
         self.progress_log: list[tuple[int, int]] = []
         self._cancel = threading.Event()
         self._browsed: list[str] = []
-        self.image_combo = QComboBox()
+        #: (image path, model) -> the answer to "restore the autosave?": asked once per image and model
+        self.restore_answers: dict[tuple[str, str], bool] = {}
+        self.image_choice = ComboBox(choices=self._image_choices, nullable=False)
+        self.image_combo = self.image_choice.native
         self.model_combo = QComboBox()
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
@@ -124,35 +133,94 @@ class DetectWidget(QWidget):
         buttons.addWidget(self.detect_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # no empty space under Detect
         self.detect_button.clicked.connect(self.detect)
         self.cancel_button.clicked.connect(self.cancel)
         self.model_combo.activated.connect(self._on_model_activated)
         self.progressed.connect(self._on_progress)
-        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.inserted.connect(self._offer_sidecar)
-        self.viewer.layers.events.removed.connect(self._refresh_images)
-        self.viewer.layers.events.changed.connect(self._refresh_images)
-        self._refresh_images()
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self.reset_choices)
+        self.reset_choices()
         self._refresh_models()
 
     # -- choices -----------------------------------------------------------------------------
     def _ask(self, question: str) -> bool:
         return (self.ask or correction.ask)(question)
 
-    def _refresh_images(self, event=None) -> None:
+    def _restore(self, image: str, model: str | None, question: str) -> bool:
+        """Ask once per image and model whether to restore its autosave; later calls reuse the answer."""
+        key = (str(image), model or "")
+        if key not in self.restore_answers:
+            self.restore_answers[key] = self._ask(question)
+        return self.restore_answers[key]
+
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        """(name, layer) of every 3D image layer, newest last (magicgui choices)."""
         from napari.layers import Image
 
-        current = self.image_combo.currentText()
-        names = [lay.name for lay in self.viewer.layers if isinstance(lay, Image) and lay.ndim == 3]
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
+        return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image) and lay.ndim == 3]
+
+    def image_layer(self) -> Any | None:
+        """The chosen image layer (None when there is none)."""
+        value = self.image_choice.value
+        return value if value is not None and value in self.viewer.layers else None
+
+    def reset_choices(self, event: Any = None) -> None:
+        """Re-read the image layers (napari also calls this on a docked widget when layers change)."""
+        current = self.image_layer()
+        choices = self._image_choices()
+        self.image_choice.reset_choices()
+        if current is None and choices:
+            self.image_choice.value = choices[-1][1]  # the chosen one went away: the newest left
+        self._show_missing_image()
+
+    def _on_inserted(self, event: Any) -> None:
+        """A new image layer becomes the choice (a freshly opened scan is what the user wants to detect on)."""
+        from napari.layers import Image
+
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.reset_choices)
+        self.reset_choices()
+        if isinstance(layer, Image) and layer.ndim == 3:
+            self.image_choice.value = layer
+            if not (layer.metadata or {}).get(SAMPLE_KEY):
+                QTimer.singleShot(0, self.retire_sample)
+
+    def _show_missing_image(self) -> None:
+        if not self._image_choices():
+            self.status.setText("No 3D image: open a scan (File > Open, or drag it onto the viewer) to detect on.")
+        elif self.status.text().startswith("No 3D image"):
+            self.status.setText("")
+
+    def retire_sample(self) -> list[str]:
+        """Remove the bundled sample (image and unedited landmark layers) once the user opened a scan."""
+        if not any(not (lay.metadata or {}).get(SAMPLE_KEY) for lay in self._image_choices_layers()):
+            return []
+        removed = []
+        for layer in list(self.viewer.layers):
+            if not (layer.metadata or {}).get(SAMPLE_KEY):
+                continue
+            corrector = correction.existing_corrector(layer)
+            if corrector is not None and corrector.session.edited:
+                continue  # someone worked on it: leave it to them
+            self.viewer.layers.remove(layer)
+            removed.append(layer.name)
+        if removed:
+            self.reset_choices()
+        return removed
+
+    def _image_choices_layers(self) -> list[Any]:
+        return [lay for _, lay in self._image_choices()]
 
     def _refresh_models(self, select: str | None = None) -> None:
         try:
@@ -202,11 +270,12 @@ class DetectWidget(QWidget):
         if self.worker is not None:
             show_warning("a detection is already running")
             return None
-        name = self.image_combo.currentText()
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        layer = self.image_layer()
         if not isinstance(layer, Image):
+            self.status.setText("No 3D image to detect on: open a scan first (File > Open).")
             show_error("no 3D image layer: open a volume first")
             return None
+        name = layer.name
         model = self.model()
         if model is None:
             show_error("no model chosen: pick a bundled model or Browse... for a .safetensors checkpoint")
@@ -282,9 +351,9 @@ class DetectWidget(QWidget):
             except DGLandmarkError as exc:
                 saved = None
                 show_info(f"autosave not restored: {exc}")
-            if saved is not None and saved.edited and self._ask(
-                    f"{Path(image_path).name} has saved corrections for {info.name}. Restore them "
-                    "(No: start from the new detection)?"):
+            if saved is not None and saved.edited and self._restore(
+                    image_path, info.name, f"{Path(image_path).name} has saved corrections for {info.name}. "
+                    "Restore them (No: start from the new detection)?"):
                 saved.model_sha256 = saved.model_sha256 or info.sha256
                 session, restored = saved, True
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
@@ -336,8 +405,9 @@ class DetectWidget(QWidget):
                                                  == (model or None) for lay in landmark_layers(self.viewer)):
                 continue
             session = load_sidecar(path, model or None)
-            if session is None or not self._ask(f"{Path(path).name} has autosaved landmarks from "
-                                                 f"{model or 'a previous session'}. Restore them?"):
+            if session is None or not session.edited or not self._restore(
+                    path, model, f"{Path(path).name} has autosaved corrections from "
+                    f"{model or 'a previous session'}. Restore them?"):
                 continue
             volume = volume_from_image_layer(layer.data, layer.metadata)
             data, kwargs, _ = points_layer_data(session.landmarks, session.protocol, name=name, image=path,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHeaderView, QSizePolicy, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ..errors import DGLandmarkError
 from ..layers import format_mm, landmarks_from_points, measurement_rows, protocol_of
@@ -22,7 +23,15 @@ class MeasurementsWidget(QWidget, LayerFollower):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._build_panel(napari_viewer, COLUMNS)
+        rows = self.table.verticalHeader()
+        rows.setSectionResizeMode(QHeaderView.Fixed)
+        rows.setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.table.setWordWrap(False)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # every measurement is shown
+        self.table.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.title)
         layout.addWidget(self.table)
         layout.addWidget(self.message)
@@ -34,6 +43,7 @@ class MeasurementsWidget(QWidget, LayerFollower):
         self.message.setText("")
         if self.layer is None:
             self.title.setText("No landmark layer")
+            self._fit()
             return
         try:
             landmarks = landmarks_from_points(self.layer.data, self.layer.features, self.layer.metadata)
@@ -41,15 +51,29 @@ class MeasurementsWidget(QWidget, LayerFollower):
             self.message.setText(str(exc))
             return
         protocol = protocol_of(self.layer.metadata, landmarks.names)
-        self.title.setText(f"{self.layer.name} ({protocol.name})" if protocol else self.layer.name)
+        self.title.setText(self.layer.name if protocol is None or f"({protocol.name})" in self.layer.name
+                           else f"{self.layer.name} ({protocol.name})")
         rows = measurement_rows(landmarks, protocol)
         if not rows:
             self.message.setText("No measurements defined for these landmarks.")
         self.table.setRowCount(len(rows))
         for r, (name, a, b, value) in enumerate(rows):
             for c, text in enumerate((name, a, b, format_mm(value))):
-                self.table.setItem(r, c, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if c == 3:
+                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
+        self._fit()
+
+    def _fit(self) -> None:
+        """Exactly as tall as its rows and as wide as its columns: every measurement, nothing clipped."""
+        t = self.table
+        height = t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth()
+        height += t.verticalHeader().defaultSectionSize() * max(1, t.rowCount())
+        width = sum(t.columnWidth(c) for c in range(t.columnCount())) + 2 * t.frameWidth()
+        t.setFixedHeight(height)
+        t.setMinimumWidth(width)
 
     def values(self) -> dict[str, str]:
         """Measurement name -> the text shown (for tests and copying)."""

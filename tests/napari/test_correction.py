@@ -152,6 +152,9 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
 
     # export: landmark CSV (moved PC in RAS mm, corrected), measurements CSV, .mrk.json
     table.corrector.ask_save_path = lambda caption, start: str(tmp_path / "case.csv")
+    _no_dialogs.clear()
+    if table.corrector.unvisited_pending():  # flagged and never looked at: warned once (answered No)
+        assert table.export() == [] and any("never looked at" in q for q in _no_dialogs)
     paths = table.export()
     assert [p.name for p in paths] == ["case.csv", "case_measurements.csv", "case.mrk.json"]
     with open(paths[0], newline="") as fh:
@@ -239,7 +242,7 @@ def test_reopening_an_image_offers_its_autosave(make_napari_viewer, qtbot, monke
     qtbot.addWidget(widget)
     monkeypatch.setattr(correction, "ask", lambda q, title="": _no_dialogs.append(q) or True)
     viewer.open(str(SAMPLE_VOLUME), plugin=PLUGIN)
-    assert any("autosaved landmarks" in q for q in _no_dialogs)
+    assert sum("autosaved corrections" in q for q in _no_dialogs) == 1
     layer = viewer.layers["afids_t1w_2mm landmarks (tiny)"]
     i = _idx(layer, "PC")
     assert layer.features["status"][i] == "corrected"

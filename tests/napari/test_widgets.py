@@ -27,7 +27,8 @@ def test_table_lists_landmarks_in_ras_and_centres_on_selection(sample_viewer, qt
     truth = read_landmarks(SAMPLE_LANDMARKS)
     pc_ras = truth.positions_in("RAS")[truth.index_of("PC")]
     row = [table.table.item(r, 0).text() for r in range(32)].index("PC")
-    assert [float(table.table.item(row, c).text()) for c in (3, 4, 5)] == pytest.approx(pc_ras, abs=0.051)
+    ras = [COLUMNS.index(c) for c in ("R (mm)", "A (mm)", "S (mm)")]
+    assert [float(table.table.item(row, c).text()) for c in ras] == pytest.approx(pc_ras, abs=0.051)
 
     assert table.select_landmark("PC")
     world = truth.get("PC")[::-1]
@@ -41,7 +42,7 @@ def test_table_lists_landmarks_in_ras_and_centres_on_selection(sample_viewer, qt
     data[_index(points, "PC")] += [0.0, 0.0, -10.0]  # 10 mm to patient right (world x = L)
     points.data = data
     row = [table.table.item(r, 0).text() for r in range(32)].index("PC")
-    assert float(table.table.item(row, 3).text()) == pytest.approx(pc_ras[0] + 10.0, abs=0.051)
+    assert float(table.table.item(row, ras[0]).text()) == pytest.approx(pc_ras[0] + 10.0, abs=0.051)
 
 
 def test_measurements_update_live_and_show_missing(sample_viewer, qtbot):
