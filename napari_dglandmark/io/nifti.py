@@ -1,7 +1,8 @@
 """NIfTI-1 / NIfTI-2 single files (.nii, .nii.gz): voxels read from the header's own description.
 
-SimpleITK gives the geometry (its qform/sform rules, as for every other format) from the header
-alone; the voxels are read here, because ITK's NIfTI reader zero-fills a truncated file, reads
+SimpleITK gives the geometry of NIfTI-1 files (its qform/sform rules, as for every other format)
+from the header alone; it cannot read NIfTI-2, whose geometry is computed here (sform, else qform,
+else pixdim: the standard's order). The voxels are always read here, because ITK's NIfTI reader zero-fills a truncated file, reads
 ``vox_offset`` 0 as "voxels start at byte 0", and applies ``scl_inter`` when ``scl_slope`` is 0.
 Here, as the NIfTI standard says:
 
@@ -45,6 +46,7 @@ class NiftiHeader:
     vox_offset: int  # where the voxels start, after correcting an invalid (e.g. 0) value
     scl_slope: float
     scl_inter: float
+    raw: bytes = b""  # the header itself (NIfTI-2 geometry is read from it)
 
     @property
     def header_size(self) -> int:
@@ -93,7 +95,32 @@ def parse_header(raw: bytes, path: Path) -> NiftiHeader:
     if not math.isfinite(offset) or offset < minimum:
         offset = minimum  # vox_offset 0 (or another impossible value): the voxels follow the header
     return NiftiHeader(version, endian, tuple(int(n) for n in dim[1:ndim + 1]), int(datatype), int(bitpix),
-                       int(offset), float(slope), float(inter))
+                       int(offset), float(slope), float(inter), bytes(raw[:sizeof_hdr]))
+
+
+def nifti2_ras_affine(header: NiftiHeader) -> np.ndarray:
+    """The 4x4 index -> RAS matrix of a NIfTI-2 header: sform if set, else qform, else pixdim."""
+    e, raw = header.endian, header.raw
+    pixdim = np.array(struct.unpack(e + "8d", raw[104:168]))
+    qform_code, sform_code = struct.unpack(e + "2i", raw[344:352])
+    affine = np.eye(4)
+    if sform_code > 0:
+        affine[:3] = np.array(struct.unpack(e + "12d", raw[400:496])).reshape(3, 4)
+        return affine
+    zooms = pixdim[1:4]
+    if qform_code <= 0:
+        affine[:3, :3] = np.diag(zooms)
+        return affine
+    b, c, d, *offset = struct.unpack(e + "6d", raw[352:400])
+    a = math.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rotation = np.array([
+        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+        [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if pixdim[0] < 0 else 1.0
+    affine[:3, :3] = rotation @ np.diag([zooms[0], zooms[1], zooms[2] * qfac])
+    affine[:3, 3] = offset
+    return affine
 
 
 def voxel_dtype(header: NiftiHeader, path: Path) -> np.dtype:
@@ -106,11 +133,11 @@ def voxel_dtype(header: NiftiHeader, path: Path) -> np.dtype:
     return np.dtype(header.endian + SCALAR_TYPES[header.datatype])
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, sitk.ImageFileReader]:
-    """Voxels of a .nii / .nii.gz as an array (z, y, x [, more axes reversed]) and ITK's header reader.
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(voxels (z, y, x [, more axes reversed]), spacing, LPS origin, LPS direction) of a .nii / .nii.gz.
 
     The array keeps every axis the file has (the caller refuses what is not 3D); values are scaled
-    as the header says.
+    as the header says. Spacing, origin and direction are those of the first three axes.
     """
     with ImageStream(path) as stream:
         raw = stream.read(348)
@@ -122,15 +149,8 @@ def read_nifti(path: Path) -> tuple[np.ndarray, sitk.ImageFileReader]:
         stream.skip_to(header.vox_offset)
         flat = stream.read_array(dtype, count)
         stream.check_end()
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    try:
-        info.ReadImageInformation()
-    except RuntimeError as exc:
-        from .volume import _first_reason
-
-        raise DGLandmarkError(f"cannot read the image geometry: {_first_reason(str(exc))}", path) from None
     array = to_native(flat).reshape(header.shape[::-1])
+    spacing, origin, direction = _geometry(header, path)
     if header.scaled:
         out = np.float64 if array.dtype == np.float64 else np.float32
         inter = header.scl_inter if math.isfinite(header.scl_inter) else 0.0
@@ -139,4 +159,28 @@ def read_nifti(path: Path) -> tuple[np.ndarray, sitk.ImageFileReader]:
         if inter:
             scaled += out(inter)
         array = scaled
-    return array, info
+    return array, spacing, origin, direction
+
+
+def _geometry(header: NiftiHeader, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if header.version == 2:
+        lps = np.diag([-1.0, -1.0, 1.0]) @ nifti2_ras_affine(header)[:3]
+        spacing = np.linalg.norm(lps[:, :3], axis=0)
+        if np.any(spacing == 0):
+            raise DGLandmarkError("corrupt NIfTI-2 header: a zero voxel size in its orientation matrix", path)
+        return spacing, lps[:, 3], lps[:, :3] / spacing
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError as exc:
+        from .volume import _first_reason
+
+        raise DGLandmarkError(f"cannot read the image geometry: {_first_reason(str(exc))}", path) from None
+    n = info.GetDimension()
+    if tuple(info.GetSize()[:3]) != tuple(header.shape[:3]) + (1,) * (3 - min(3, len(header.shape))):
+        raise DGLandmarkError(f"SimpleITK reads the grid as {info.GetSize()}, the header says {header.shape}", path)
+    direction = np.array(info.GetDirection(), dtype=float).reshape(n, n)[:3, :3] if n >= 3 else np.eye(3)
+    spacing = np.array(info.GetSpacing()[:3], dtype=float)
+    origin = np.array(info.GetOrigin()[:3], dtype=float)
+    return spacing, origin, direction

@@ -236,17 +236,10 @@ def _read_nifti(src: Path) -> Volume:
     """NIfTI voxels as the header describes them, geometry as SimpleITK reads it (see ``io.nifti``)."""
     from .nifti import read_nifti
 
-    array, info = read_nifti(src)
+    array, spacing, origin, direction = read_nifti(src)
     dim = check_grid(array.shape[::-1], src)
     array = array.reshape(array.shape[-3:]) if array.ndim > dim else array
-    size = info.GetSize()
-    n = info.GetDimension()
-    if tuple(size[:3]) != tuple(array.shape[::-1]):
-        raise DGLandmarkError(f"SimpleITK reads the grid as {tuple(size)}, the header says "
-                              f"{tuple(array.shape[::-1])}", src)
-    direction = np.array(info.GetDirection(), dtype=float).reshape(n, n)[:3, :3]
-    geometry = Geometry(array.shape, tuple(float(v) for v in info.GetSpacing()[:3]),
-                        tuple(float(v) for v in info.GetOrigin()[:3]), direction)
+    geometry = Geometry(array.shape, tuple(float(v) for v in spacing), tuple(float(v) for v in origin), direction)
     check_geometry(geometry, src)
     return Volume(array, geometry, str(src))
 
