@@ -168,11 +168,13 @@ def _dicom_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_slices(path: Path) -> list[_Slice]:
+def _read_slices(path: Path) -> tuple[list[_Slice], list[str]]:
+    """Every image slice below ``path``, and one note per kind of image file that cannot be a slice."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     slices: list[_Slice] = []
+    unusable: dict[str, list[Path]] = defaultdict(list)
     for file in _dicom_files(path):
         try:
             ds = pydicom.dcmread(file, stop_before_pixels=True)
@@ -182,11 +184,18 @@ def _read_slices(path: Path) -> list[_Slice]:
             continue  # other files in a DICOM folder (notes, thumbnails) are not ours to judge
         if "Rows" not in ds or "Columns" not in ds:
             continue  # structured reports, presentation states, ...
-        if int(ds.get("SamplesPerPixel") or 1) != 1:
-            raise DGLandmarkError(f"pixel type is {ds.get('PhotometricInterpretation', 'colour')}, not a scalar "
-                                  "intensity; a grey-value 3D volume is needed", file)
-        slices.extend(_slices_of(file, ds))
-    return slices
+        try:
+            if int(ds.get("SamplesPerPixel") or 1) != 1:
+                raise DGLandmarkError(f"pixel type is {ds.get('PhotometricInterpretation', 'colour')}, not a "
+                                      "scalar intensity", file)
+            slices.extend(_slices_of(file, ds))
+        except DGLandmarkError as exc:
+            if path.is_file():
+                raise DGLandmarkError(f"{str(exc).removeprefix(str(file) + ': ')}; a grey-value 3D volume is needed",
+                                      file) from None
+            unusable[str(exc).removeprefix(str(file) + ": ")].append(file)
+    notes = [f"{len(files)} file(s) like {files[0].name}: {reason}" for reason, files in unusable.items()]
+    return slices, notes
 
 
 def _group_slices(slices: list[_Slice]) -> list[_Group]:
@@ -250,9 +259,9 @@ def _check_volume(group: _Group) -> None:
     group.step = step
 
 
-def _choose(groups: list[_Group], series: str | None, path: Path) -> _Group:
+def _choose(groups: list[_Group], notes: list[str], series: str | None, path: Path) -> _Group:
     volumes = [g for g in groups if g.problem is None]
-    listing = "; ".join(g.describe() for g in groups)
+    listing = "; ".join([g.describe() for g in groups] + notes)
     if series is not None:
         wanted = series.strip()
         match = [g for g in groups if wanted in (g.id, g.short_id, g.first.series_number, g.first.series_uid)]
@@ -316,10 +325,12 @@ def read_dicom(path: Path, series: str | None = None):
     """The one 3D volume of a DICOM folder or multi-frame file (``series`` picks one of several)."""
     from .volume import Geometry, Volume
 
-    slices = _read_slices(path)
+    slices, notes = _read_slices(path)
     if not slices:
+        if notes:
+            raise DGLandmarkError(f"no DICOM image that can be part of a 3D volume: {'; '.join(notes)}", path)
         raise DGLandmarkError("folder holds no DICOM series", path)
-    group = _choose(_group_slices(slices), series, path)
+    group = _choose(_group_slices(slices), notes, series, path)
     first = group.ordered[0]
     row, col = np.array(first.orientation[:3]), np.array(first.orientation[3:])
     direction = np.column_stack([row, col, _normal(first.orientation)])
