@@ -178,9 +178,11 @@ def _geometry(header: NiftiHeader, path: Path) -> tuple[np.ndarray, np.ndarray, 
 
         raise DGLandmarkError(f"cannot read the image geometry: {_first_reason(str(exc))}", path) from None
     n = info.GetDimension()
-    if tuple(info.GetSize()[:3]) != tuple(header.shape[:3]) + (1,) * (3 - min(3, len(header.shape))):
+    k = min(3, n, len(header.shape))
+    if tuple(info.GetSize()[:k]) != tuple(header.shape[:k]):
         raise DGLandmarkError(f"SimpleITK reads the grid as {info.GetSize()}, the header says {header.shape}", path)
     direction = np.array(info.GetDirection(), dtype=float).reshape(n, n)[:3, :3] if n >= 3 else np.eye(3)
-    spacing = np.array(info.GetSpacing()[:3], dtype=float)
-    origin = np.array(info.GetOrigin()[:3], dtype=float)
+    spacing = np.ones(3)
+    origin = np.zeros(3)
+    spacing[:k], origin[:k] = info.GetSpacing()[:k], info.GetOrigin()[:k]
     return spacing, origin, direction

@@ -246,3 +246,107 @@ def test_truncated_real_t1w(tmp_path: Path, shared_data: Path) -> None:
     half = tmp_path / "t1w_half.nii.gz"
     half.write_bytes(data[: len(data) // 2])
     assert "truncated" in _one_line_error(read_volume, half)
+
+
+# --------------------------------------------------------------------------- garbage in: refused, not detected
+
+
+def _write(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _head_like(shape=(40, 48, 44)) -> np.ndarray:
+    arr = np.random.default_rng(2).normal(50, 5, shape).astype(np.float32)
+    arr[8:-8, 10:-10, 8:-8] += 400
+    return arr
+
+
+def _garbage(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    nib = pytest.importorskip("nibabel")
+    complex_nii = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image((_head_like() * (1 + 2j)).astype(np.complex64), np.eye(4)), str(complex_nii))
+    complex_nrrd = tmp_path / "complex.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray((_head_like() * (1 - 1j)).astype(np.complex64)), str(complex_nrrd))
+    rgb = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20, 20, 3), np.uint8), isVector=True), str(rgb))
+    all_nan = np.full((40, 48, 44), np.nan, np.float32)
+    return {
+        "2x2x2 voxels": (_write(tmp_path / "tiny.nii.gz", np.arange(8, dtype=np.int16).reshape(2, 2, 2)), "smaller"),
+        "10 mm field of view": (_write(tmp_path / "small.nii.gz", _head_like(), (0.25, 0.25, 0.25)), "smaller"),
+        "500 mm voxels": (_write(tmp_path / "huge.nii.gz", _head_like((20, 20, 20)), (500.0, 500.0, 500.0)),
+                          "implausible voxel size"),
+        "complex NIfTI": (complex_nii, "not a scalar intensity"),
+        "complex NRRD": (complex_nrrd, "not a scalar intensity"),
+        "RGB": (rgb, "not a scalar intensity"),
+        "all NaN": (_write(tmp_path / "allnan.nrrd", all_nan), "NaN"),
+    }
+
+
+_GARBAGE = ["2x2x2 voxels", "10 mm field of view", "500 mm voxels", "complex NIfTI", "complex NRRD", "RGB", "all NaN"]
+
+
+@pytest.mark.parametrize("kind", _GARBAGE)
+def test_garbage_images_are_refused_by_detect(tmp_path: Path, capsys, tiny_model_path: Path, kind: str) -> None:
+    path, reason = _garbage(tmp_path)[kind]
+    out = tmp_path / "out.csv"
+    assert main(["detect", str(path), "--model", str(tiny_model_path), "--out", str(out), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(path) in err and reason in err and "Traceback" not in err
+    assert not out.exists() and not captured.out.strip()
+
+
+def test_pixel_type_is_refused_when_reading(tmp_path: Path) -> None:
+    garbage = _garbage(tmp_path)
+    for kind in ("complex NIfTI", "complex NRRD", "RGB"):
+        assert "not a scalar intensity" in _one_line_error(read_volume, garbage[kind][0])
+
+
+def test_nan_background_is_background(shared_data: Path) -> None:
+    """A masked image (NaN/Inf outside the head) gives the landmarks of the unmasked one, with one warning."""
+    import warnings
+    from importlib import resources
+
+    from scipy import ndimage
+
+    from napari_dglandmark.model.inference import Detector
+    from napari_dglandmark.protocols import load_protocol
+
+    root = resources.files("napari_dglandmark") / "sample_data"
+    volume = read_volume(str(root / "afids_t1w_2mm.nii.gz"))
+    truth = load_protocol("afids32").conform(read_landmarks(str(root / "afids_t1w_2mm_groundtruth.mrk.json")))
+    arr = volume.array.astype(np.float32)
+    head = ndimage.binary_fill_holes(ndimage.gaussian_filter(arr, 2) > 0.15 * arr.max())
+    head = ndimage.binary_dilation(head, iterations=2)
+    assert 0.2 < head.mean() < 0.8
+    masked = np.where(head, arr, np.nan).astype(np.float32)
+    outside = np.flatnonzero(~head)
+    masked.reshape(-1)[outside[::7]] = np.inf  # some writers use +/-Inf
+    masked.reshape(-1)[outside[3::7]] = -np.inf
+    detector = Detector("afids32", device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = detector.detect(Volume(masked, volume.geometry, "masked.nii.gz"))
+    messages = [str(w.message) for w in caught if "NaN" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert messages[0].startswith("masked.nii.gz: ") and "treated as background" in messages[0]
+    assert np.isfinite(pred.positions).all()
+    err = np.linalg.norm(pred.positions - truth.positions, axis=1)
+    assert err.mean() < 1.0 and err.max() < 2.5, err  # as good as on the unmasked sample
+
+
+def test_check_voxels_floors_are_documented_values() -> None:
+    from napari_dglandmark.model.preprocess import MAX_VOXEL_SIZE_MM, MIN_FIELD_OF_VIEW_MM, check_voxels
+
+    geometry = Geometry((40, 40, 40), (1.0, 1.0, MAX_VOXEL_SIZE_MM), (0.0, 0.0, 0.0))
+    check_voxels(Volume(_head_like((40, 40, 40)), geometry, "ok.nii.gz"))  # at the limit: accepted
+    too_thick = Geometry((40, 40, 40), (1.0, 1.0, MAX_VOXEL_SIZE_MM * 1.01), (0.0, 0.0, 0.0))
+    with pytest.raises(DGLandmarkError, match="implausible voxel size"):
+        check_voxels(Volume(_head_like((40, 40, 40)), too_thick, "thick.nii.gz"))
+    fov = MIN_FIELD_OF_VIEW_MM / 40 * 0.99
+    with pytest.raises(DGLandmarkError, match="smaller than any protocol's anatomy"):
+        check_voxels(Volume(_head_like((40, 40, 40)), Geometry((40, 40, 40), (1.0, fov, 1.0), (0, 0, 0)), "s.nii"))
