@@ -25,6 +25,7 @@ from ..errors import DGLandmarkError
 _ENHANCED_MARKER = "PerFrameFunctionalGroupsSequence"
 _POSITION_TOL = 0.01  # mm: two slices closer than this along the normal share a position
 _SPACING_TOL = 0.02  # relative spread of slice steps still counted as uniform
+_GEOMETRY_TOL = 1e-3  # direction cosines / mm: slices further apart in orientation or pixel size differ
 _TILT_TOL = 0.02  # relative in-plane drift of slice positions (gantry tilt / shear) still accepted
 
 
@@ -199,12 +200,18 @@ def _read_slices(path: Path) -> tuple[list[_Slice], list[str]]:
 
 
 def _group_slices(slices: list[_Slice]) -> list[_Group]:
-    groups: dict[tuple, list[_Slice]] = defaultdict(list)
+    groups: dict[tuple, list[list[_Slice]]] = defaultdict(list)
     for s in slices:
-        key = (s.series_uid, s.echo, s.image_type, s.stack, tuple(np.round(s.orientation, 4)), s.rows, s.columns,
-               tuple(np.round(s.pixel_spacing, 4)))
-        groups[key].append(s)
-    out = [_Group(members) for members in groups.values()]
+        key = (s.series_uid, s.echo, s.image_type, s.stack, s.rows, s.columns)
+        geometry = np.array(s.orientation + s.pixel_spacing)
+        # orientation and pixel spacing are compared with a tolerance (scanners write float noise)
+        for members in groups[key]:
+            if np.abs(np.array(members[0].orientation + members[0].pixel_spacing) - geometry).max() < _GEOMETRY_TOL:
+                members.append(s)
+                break
+        else:
+            groups[key].append([s])
+    out = [_Group(members) for subgroups in groups.values() for members in subgroups]
     by_series: dict[str, list[_Group]] = defaultdict(list)
     for g in out:
         by_series[g.first.series_uid].append(g)

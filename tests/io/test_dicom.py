@@ -200,6 +200,27 @@ def test_files_that_are_not_slices_do_not_block_the_series(tmp_path: Path) -> No
     assert "ImagePositionPatient" in _one_line_error(read_volume, only)
 
 
+def test_orientation_noise_is_one_volume_and_a_localizer_is_not(tmp_path: Path) -> None:
+    files = _positions_sorted(_siemens_files())
+    rng = np.random.default_rng(0)
+
+    def noisy(ds, _n: int) -> None:  # float noise in the direction cosines, as scanners write them
+        ds.ImageOrientationPatient = [f"{float(v) + rng.uniform(-2e-5, 2e-5):.8f}" for v in ds.ImageOrientationPatient]
+
+    folder = _rewrite(files, tmp_path / "noisy", noisy)
+    reference = read_volume(require_shared(SIEMENS))
+
+    def localizer(ds, n: int) -> None:  # three orthogonal scouts in the same series
+        ds.ImageOrientationPatient = [[1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 0.8, 0.6, 0, 0.6, -0.8]][n]
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.9{n}"
+
+    _rewrite(files[:3], folder / "scouts", localizer)
+    volume = read_volume(folder)
+    assert volume.geometry.size == reference.geometry.size
+    np.testing.assert_allclose(volume.geometry.index_to_physical_matrix(), reference.geometry.index_to_physical_matrix(),
+                               atol=1e-3)
+
+
 def test_sheared_stack_is_refused(tmp_path: Path) -> None:
     files = _positions_sorted(_siemens_files())
 
