@@ -76,9 +76,10 @@ class _Group:
         if s.image_type:
             parts.append(s.image_type)
         size = f"{s.columns}x{s.rows}x{len(self.slices)}"
-        what = f"{size} volume" if self.problem is None else f"{len(self.slices)} images of {s.columns}x{s.rows}: " \
-                                                              f"{self.problem}"
-        return f"{self.id} (or {self.short_id}) = {' '.join(parts)}, {what}"
+        what = f"{size} volume" if self.problem is None else \
+            f"{len(self.slices)} image(s) of {s.columns}x{s.rows}: {self.problem}"
+        alias = f" (or {self.short_id})" if self.short_id != self.id else ""
+        return f"{self.id}{alias} = {' '.join(parts)}, {what}"
 
 
 def _text(value: object) -> str:

@@ -233,7 +233,7 @@ def read_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
 
 
 def _read_nifti(src: Path) -> Volume:
-    """NIfTI voxels as the header describes them, geometry as SimpleITK reads it (see ``io.nifti``)."""
+    """NIfTI voxels as the header describes them, in one pass (see ``io.nifti`` for the geometry)."""
     from .nifti import read_nifti
 
     array, spacing, origin, direction = read_nifti(src)
