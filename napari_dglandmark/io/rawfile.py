@@ -47,7 +47,7 @@ class ImageStream:
         if isinstance(exc, EOFError):
             return DGLandmarkError(f"truncated compressed image: the data ends inside the {what}", self.path)
         if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
-            return DGLandmarkError(f"corrupt compressed image ({exc}) in the {what}", self.path)
+            return DGLandmarkError(f"corrupt compressed image ({exc})", self.path)
         return DGLandmarkError(f"cannot read image ({exc.__class__.__name__}: {exc})", self.path)
 
     def read(self, n: int, what: str = "header") -> bytes:
@@ -91,8 +91,15 @@ class ImageStream:
         """Read what follows the voxels, so that a damaged or cut gzip stream is noticed."""
         if not self.compressed:
             return
-        while self.read(_CHUNK, "data after the voxels"):
-            pass
+        try:
+            while self._fh.read(_CHUNK):
+                pass
+        except gzip.BadGzipFile as exc:
+            if str(exc).startswith("Not a gzipped file"):
+                return  # bytes after the last complete member: ignored, as zlib-based readers do
+            raise self._fail(exc, "data after the voxels") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise self._fail(exc, "data after the voxels") from None
 
 
 def to_native(array: np.ndarray) -> np.ndarray:

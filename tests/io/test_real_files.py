@@ -284,3 +284,22 @@ def test_every_real_file_runs_through_detect(tmp_path: Path, tiny_model_path: Pa
     with open(out, newline="") as fh:
         images = {row["image"] for row in csv.DictReader(fh)}
     assert images == set(paths)
+
+
+def test_gzip_integrity(tmp_path: Path) -> None:
+    """A damaged stream is refused (CRC, corrupt deflate data); bytes after the last member are ignored."""
+    src = _real("stroke_T1.nii.gz")
+    data = src.read_bytes()
+    original = read_volume(src)
+    trailing = tmp_path / "trailing.nii.gz"
+    trailing.write_bytes(data + b"trailing junk")
+    np.testing.assert_array_equal(read_volume(trailing).array, original.array)
+    crc = bytearray(data)
+    crc[-6] ^= 1  # the stored CRC32
+    (tmp_path / "crc.nii.gz").write_bytes(bytes(crc))
+    assert "CRC check failed" in str(pytest.raises(DGLandmarkError, read_volume, tmp_path / "crc.nii.gz").value)
+    middle = bytearray(data)
+    middle[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # a damaged block inside the voxels
+    (tmp_path / "middle.nii.gz").write_bytes(bytes(middle))
+    with pytest.raises(DGLandmarkError, match="corrupt|truncated"):
+        read_volume(tmp_path / "middle.nii.gz")
