@@ -1,4 +1,4 @@
-"""``dglandmark-train``: pretrain, finetune, evaluate, import-pth (and, later, benchmark).
+"""``dglandmark-train``: pretrain, finetune, evaluate, import-pth, benchmark, adapt.
 
 A run folder (``--out``) holds ``model.safetensors`` + ``model.json`` (the final checkpoint),
 ``train.log``, ``metrics.csv``, ``config.json`` (the settings used) and the resume state.
@@ -256,6 +256,36 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    """Fine-tune a two-stage model on a site's reviewed cases (training.adapt)."""
+    from tqdm.auto import tqdm
+
+    from .adapt import AdaptOptions, adapt, cases_from_dataset
+
+    options = AdaptOptions(max_minutes=args.max_minutes, device=args.device, seed=args.seed)
+    if args.coarse_steps is not None:
+        options.coarse_steps = args.coarse_steps
+    if args.fine_steps is not None:
+        options.fine_steps = args.fine_steps
+    cases = cases_from_dataset(args.data, _tqdm_progress("read"))
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="adapt", unit="step"))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+
+    try:
+        result = adapt(args.model, cases, args.out, options, progress=progress, message=tqdm.write)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"adapted {result.metadata['base_model']['name']} on {len(result.metadata['cases'])} case(s); "
+          f"{result.summary()}: {result.path}")
+    return 0
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="settings file (TOML or JSON); keys of training.config.TrainConfig")
     p.add_argument("--max-steps", type=int, help="number of optimisation steps")
@@ -319,6 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, help="subset of the config's seeds")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("adapt", help="adapt a model to your site: fine-tune it on a few reviewed cases")
+    p.add_argument("--model", default="afids32", help="base model: bundled name or .safetensors (default afids32)")
+    p.add_argument("--data", required=True, help="folder of image + landmark files (same stem) or CSV manifest; "
+                   "with review statuses only verified/corrected/added landmarks count")
+    p.add_argument("--out", required=True, help="the adapted model (.safetensors); never the base model")
+    p.add_argument("--max-minutes", type=float, default=10.0, help="time budget (default 10)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--coarse-steps", type=int, help="at most this many coarse steps (default 40)")
+    p.add_argument("--fine-steps", type=int, help="at most this many fine steps (default 400)")
+    p.set_defaults(func=_adapt)
     return parser
 
 

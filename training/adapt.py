@@ -1,0 +1,440 @@
+"""Site adaptation: fine-tune a two-stage model on a handful of a site's reviewed cases.
+
+The one training loop (``training.detector.DetectorTrainer``) with a small recipe: a lower learning
+rate, strong augmentation, a few coarse steps and mostly the fine stage, a time budget, early
+stopping on a held-back case (three or more cases) and provenance in the new model's metadata.
+Only landmarks a person looked at count when a file carries review statuses (``verified``,
+``corrected``, ``added``); predictions nobody reviewed are missing. The base model is never
+overwritten. Used by ``dglandmark-train adapt`` and the napari "Adapt model" action.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_dglandmark.errors import DGLandmarkError
+from napari_dglandmark.io.landmarks import Landmarks, normalise_name
+from napari_dglandmark.io.volume import Volume
+from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
+from napari_dglandmark.model.inference import Cancelled, Detector, bundled_models, resolve_model
+from napari_dglandmark.model.pipeline import PipelineConfig
+
+from .detector import Case, DetectorRecipe, DetectorTrainer, landmark_case
+
+#: statuses that mean a person looked at (or placed) the landmark
+REVIEWED = ("verified", "corrected", "added")
+#: statuses written by the model or the review workflow: their presence means "this file was reviewed"
+REVIEW_STATUSES = ("predicted",) + REVIEWED
+MIN_CASES = 1
+HOLD_OUT_FROM = 3  # with this many cases or more, one is held back for early stopping
+Progress = Callable[[int, int], None]
+Message = Callable[[str], None]
+
+
+@dataclass
+class AdaptCase:
+    """One reviewed scan: the volume, its landmarks and where they came from (names and hashes only)."""
+
+    name: str
+    volume: Volume
+    landmarks: Landmarks
+    image_file: str = ""
+    image_sha256: str = ""
+    landmarks_file: str = ""
+    landmarks_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.landmarks_sha256:
+            self.landmarks_sha256 = landmarks_sha256(reviewed(self.landmarks))
+
+
+@dataclass
+class AdaptOptions:
+    """The adaptation recipe's knobs (the rest comes from the base model)."""
+
+    max_minutes: float = 10.0
+    coarse_steps: int = 40  # upper bounds: the time budget may allow fewer
+    fine_steps: int = 400
+    batch_coarse: int = 2
+    batch_fine: int = 8
+    lr: float = 4e-4  # the base recipe uses 2e-3
+    val_every: int = 50  # fine steps between held-back checks
+    patience: int = 3  # held-back checks without improvement before stopping
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class AdaptResult:
+    path: Path
+    metadata: dict
+    before_mm: float
+    after_mm: float
+    evaluated_on: str
+    steps: dict[str, int]
+    seconds: float
+    stopped_by: str
+
+    def summary(self) -> str:
+        return (f"{self.evaluated_on}: error {self.before_mm:.2f} -> {self.after_mm:.2f} mm; "
+                f"{self.steps['coarse']} coarse + {self.steps['fine']} fine steps in {self.seconds / 60:.1f} min "
+                f"(stopped by {self.stopped_by})")
+
+
+# --------------------------------------------------------------------------------------------- cases
+
+
+def is_reviewed_file(landmarks: Landmarks) -> bool:
+    """True when the landmarks carry review statuses (a detection that a person went through)."""
+    return any(s in REVIEW_STATUSES for s in landmarks.status)
+
+
+def reviewed(landmarks: Landmarks) -> Landmarks:
+    """The landmarks that count as truth: with review statuses only verified/corrected/added ones
+    (the others become missing); without statuses (a plain annotation file) every defined one."""
+    out = landmarks.copy()
+    if is_reviewed_file(landmarks):
+        keep = np.array([s in REVIEWED for s in landmarks.status], dtype=bool)
+        out.positions[~keep] = np.nan
+        out.status = [s if k else "missing" for s, k in zip(landmarks.status, keep, strict=True)]
+    return out
+
+
+def count_reviewed(landmarks: Landmarks) -> int:
+    """How many landmarks of ``landmarks`` would be used as truth."""
+    return int(reviewed(landmarks).defined.sum())
+
+
+def landmarks_sha256(landmarks: Landmarks) -> str:
+    """sha256 of the landmarks used (names and rounded LPS positions): for cases not read from a file."""
+    rows = [[n, *(None if np.isnan(v) else round(float(v), 4) for v in p)]
+            for n, p in zip(landmarks.names, landmarks.positions, strict=True)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _path_sha256(path: Path) -> str:
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()  # a folder-per-case layout: the hashes of its files, in name order
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(path)}:{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def cases_from_dataset(path: str | os.PathLike, progress: Progress | None = None) -> list[AdaptCase]:
+    """The cases of a landmark dataset (image + landmark file pairs by stem, or a CSV manifest)."""
+    from napari_dglandmark.io import read_volume
+
+    from .data import find_landmark_cases, read_case_landmarks
+
+    items = find_landmark_cases(path)
+    out = []
+    for n, item in enumerate(items, 1):
+        out.append(AdaptCase(item.name, read_volume(item.image), read_case_landmarks(item),
+                             item.image.name, file_sha256(item.image), item.landmarks.name,
+                             _path_sha256(item.landmarks)))
+        if progress:
+            progress(n, len(items))
+    return out
+
+
+def check_cases(cases: Sequence[AdaptCase], names: Sequence[str], protocol: str = "") -> list[AdaptCase]:
+    """The cases that have reviewed landmarks; one-line errors for a protocol mismatch or nothing to learn from."""
+    if not cases:
+        raise DGLandmarkError("no cases to adapt on")
+    known = {normalise_name(n) for n in names}
+    what = f"the model's protocol {protocol!r}" if protocol else "the model"
+    for case in cases:
+        unknown = [n for n in case.landmarks.names if normalise_name(n) not in known]
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise DGLandmarkError(f"protocol mismatch: {', '.join(unknown[:3])}{more} not among the {len(names)} "
+                                  f"landmarks of {what}", case.landmarks_file or case.name)
+    usable = [c for c in cases if count_reviewed(c.landmarks) > 0]
+    if not usable:
+        if cases and all(is_reviewed_file(c.landmarks) for c in cases):
+            raise DGLandmarkError("no reviewed landmarks: verify, correct or add landmarks first "
+                                  "(predictions nobody reviewed are not used)")
+        raise DGLandmarkError("no landmarks with a position in any case")
+    if len(usable) < MIN_CASES:
+        raise DGLandmarkError(f"{len(usable)} reviewed case(s); adaptation needs at least {MIN_CASES}")
+    return usable
+
+
+# --------------------------------------------------------------------------------------------- recipe
+
+
+def adapt_recipe(meta: dict, options: AdaptOptions, coarse_steps: int, fine_steps: int) -> DetectorRecipe:
+    """The small recipe: the base model's grids and networks, strong augmentation, a low learning rate."""
+    hp = meta["architecture"]["hparams"]
+    nets = {k: {n: v for n, v in hp[k].items() if n not in ("in_channels", "out_channels")} for k in ("coarse", "fine")}
+    return DetectorRecipe(
+        pipeline=PipelineConfig.from_dict(meta.get("pipeline", {})), coarse_net=nets["coarse"], fine_net=nets["fine"],
+        pretrain_coarse_steps=0, pretrain_fine_steps=0, coarse_steps=coarse_steps, fine_steps=fine_steps,
+        batch_coarse=options.batch_coarse, batch_fine=options.batch_fine, lr=options.lr,
+        rotation_deg=15.0, scale=(0.88, 1.12), translation_mm=8.0, elastic_mm=3.0, intensity="default",
+        p_head_invert=0.1, fine_offset_mm=3.0,
+        # the loop's own validation (on training items) only at the last step: held-back checks decide
+        val_every=10**9, log_every=5, seed=options.seed)
+
+
+class _Stop(Exception):
+    """Ends a stage early (time budget or early stopping); the caller keeps the best weights."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Trainer(DetectorTrainer):
+    """DetectorTrainer whose batch draws check the cancel hook, the deadline and early stopping."""
+
+    guard: Callable[[], None] = staticmethod(lambda: None)
+
+    def coarse_batch(self, *args: Any, **kwargs: Any):
+        self.guard()
+        return super().coarse_batch(*args, **kwargs)
+
+    def fine_batch(self, *args: Any, **kwargs: Any):
+        self.guard()
+        return super().fine_batch(*args, **kwargs)
+
+
+def _step_seconds(trainer: DetectorTrainer, cases: Sequence[Case], stage: str, repeats: int = 1) -> float:
+    """Seconds per optimisation step of ``stage``, timed on a copy of the network (weights untouched)."""
+    net = copy.deepcopy(trainer.network.coarse if stage == "coarse" else trainer.network.fine).train()
+    state = (trainer.rng.bit_generator.state, trainer.gen.get_state())
+    r, dev = trainer.recipe, trainer.device
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        if stage == "coarse":
+            x, pts = DetectorTrainer.coarse_batch(trainer, cases)
+            loss = trainer.softmax_ce(net(x.to(dev)), pts.to(dev), r.sigma_coarse_vox)
+        else:
+            x, pts, ch = DetectorTrainer.fine_batch(trainer, cases)
+            out = net(x.to(dev))
+            loss = trainer.softmax_ce(out[torch.arange(len(ch)), ch][:, None], pts[:, None].to(dev), r.sigma_fine_vox)
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+    trainer.rng.bit_generator.state = state[0]
+    trainer.gen.set_state(state[1])
+    return float(np.median(times[1:]))  # the first one pays for allocation
+
+
+def _mre(detector: Detector, case: AdaptCase, truth: np.ndarray) -> float:
+    pred = detector.detect(case.volume).reordered(detector.names, strict=False).positions
+    ok = np.isfinite(truth).all(1)
+    return float(np.linalg.norm(pred[ok] - truth[ok], axis=1).mean())
+
+
+def default_output(base: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """``<folder>/<base name>-adapted-<date>.safetensors`` (a free name)."""
+    stem = Path(str(resolve_model(base))).name.removesuffix(".safetensors")
+    day = _dt.date.today().isoformat()
+    out = Path(folder) / f"{stem}-adapted-{day}.safetensors"
+    k = 2
+    while out.exists():
+        out = Path(folder) / f"{stem}-adapted-{day}-{k}.safetensors"
+        k += 1
+    return out
+
+
+def check_output(base_path: Path, out: str | os.PathLike) -> Path:
+    """``out`` as a model path that is neither the base model nor a bundled model."""
+    target = Path(out)
+    if not target.name.endswith(".safetensors"):
+        raise DGLandmarkError("the adapted model must be a .safetensors file", target)
+    protected = [base_path, *bundled_models().values()]
+    for p in protected:
+        if target.resolve() == Path(p).resolve() or (target.exists() and os.path.samefile(target, p)):
+            raise DGLandmarkError("refusing to overwrite the base or a bundled model; choose another --out", target)
+    if not target.parent.is_dir():
+        raise DGLandmarkError("folder does not exist", target.parent)
+    return target
+
+
+# --------------------------------------------------------------------------------------------- adapt
+
+
+def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.PathLike,
+          options: AdaptOptions | None = None, progress: Progress | None = None,
+          cancelled: Callable[[], bool] | None = None, message: Message | None = None) -> AdaptResult:
+    """Fine-tune ``base`` on ``cases`` and write the adapted model to ``out`` (atomically).
+
+    ``progress(done, total)`` counts optimisation steps; ``cancelled()`` returning True stops the
+    run (``inference.Cancelled`` is raised, nothing is written); ``message`` gets one-line news.
+    """
+    from napari_dglandmark.model.devices import resolve_device
+
+    options = options or AdaptOptions()
+    start = time.monotonic()
+    deadline = start + 60.0 * options.max_minutes
+    say = message or (lambda text: None)
+    is_cancelled = cancelled or (lambda: False)
+    base_path = Path(resolve_model(base))
+    target = check_output(base_path, out)
+    meta = read_metadata(base_path)
+    if meta.get("architecture", {}).get("name") != "two-stage":
+        raise DGLandmarkError("adaptation needs a two-stage detection model", base_path)
+    names = list(meta.get("landmark_names") or [])
+    usable = check_cases(cases, names, meta.get("protocol", ""))
+    ordered = sorted(usable, key=lambda c: c.name)
+    held = ordered[-1] if len(ordered) >= HOLD_OUT_FROM else None
+    train = [c for c in ordered if c is not held]
+    device = resolve_device(options.device)
+    detector = Detector(base_path, device=str(device))
+    truth = {id(c): reviewed(c.landmarks).reordered(names, strict=False).positions for c in ordered}
+
+    def check() -> None:
+        if is_cancelled():
+            raise Cancelled()
+
+    say(f"preparing {len(train)} training case(s)" + (f", holding back {held.name}" if held else ""))
+    recipe = adapt_recipe(meta, options, options.coarse_steps, options.fine_steps)
+    train_cases = []
+    for c in train:
+        check()
+        train_cases.append(landmark_case(c.volume, reviewed(c.landmarks), names, recipe.pipeline))
+    evaluate = [held] if held is not None else train
+    check()
+    t0 = time.monotonic()
+    before = float(np.mean([_mre(detector, c, truth[id(c)]) for c in evaluate]))
+    eval_seconds = (time.monotonic() - t0) / len(evaluate)
+    on = f"held-back case {held.name}" if held else f"the {len(train)} training case(s) (no case held back)"
+    say(f"error before adapting on {on}: {before:.2f} mm")
+
+    trainer = _Trainer(recipe, names, device=str(device))
+    trainer.network.load_state_dict(detector.network.state_dict())
+    detector.network = trainer.network  # held-back checks run the inference path on the weights being trained
+    check()
+    t_coarse = _step_seconds(trainer, train_cases, "coarse")
+    t_fine = _step_seconds(trainer, train_cases, "fine")
+    left = deadline - time.monotonic() - 1.5 * eval_seconds * len(evaluate) - min(5.0, 3.0 * options.max_minutes)
+    checks_per_step = (len(evaluate) * eval_seconds / options.val_every) if held else 0.0
+    coarse_steps = min(options.coarse_steps, max(0, int(0.2 * left / t_coarse)))
+    fine_steps = min(options.fine_steps, max(0, int((left - coarse_steps * t_coarse) / (t_fine + checks_per_step))))
+    if fine_steps + coarse_steps == 0:
+        raise DGLandmarkError(f"--max-minutes {options.max_minutes:g} leaves no time to train "
+                              f"(one fine step takes {t_fine:.1f} s here)")
+    recipe.coarse_steps, recipe.fine_steps = coarse_steps, fine_steps
+    total = coarse_steps + fine_steps
+    say(f"{coarse_steps} coarse + {fine_steps} fine steps planned on {device}")
+
+    best = {"mm": before, "state": _state(trainer.network), "step": "base"}
+    done = {"coarse": 0, "fine": 0}
+    stale = [0]
+    stop = {"reason": ""}
+
+    def held_back_error() -> float:
+        modes = [m.training for m in (trainer.network.coarse, trainer.network.fine)]
+        trainer.network.eval()
+        try:
+            return float(np.mean([_mre(detector, c, truth[id(c)]) for c in evaluate]))
+        finally:
+            trainer.network.coarse.train(modes[0])
+            trainer.network.fine.train(modes[1])
+
+    def consider(label: str) -> None:
+        mm = held_back_error()
+        if mm < best["mm"] - 0.01:
+            best.update(mm=mm, state=_state(trainer.network), step=label)
+            stale[0] = 0
+        else:
+            stale[0] += 1
+        say(f"{label}: held-back error {mm:.2f} mm (best {best['mm']:.2f})")
+        if stale[0] >= options.patience:
+            stop["reason"] = "early stopping"
+
+    def on_row(row: dict) -> None:
+        stage = row.get("stage")
+        if stage not in done:
+            return
+        done[stage] = int(row["step"])
+        if progress:
+            progress(done["coarse"] + done["fine"], total)
+        if held is not None and stage == "fine" and done["fine"] % options.val_every == 0 and done["fine"] < fine_steps:
+            consider(f"fine step {done['fine']}")
+
+    def guard() -> None:
+        check()
+        if stop["reason"]:
+            raise _Stop(stop["reason"])
+        if time.monotonic() > deadline - 1.2 * eval_seconds * len(evaluate):
+            raise _Stop("time budget")
+
+    trainer.log = on_row
+    trainer.guard = guard
+    if progress:
+        progress(0, total)
+    stopped_by = "steps"
+    for stage in ("coarse", "fine"):
+        if recipe.coarse_steps if stage == "coarse" else recipe.fine_steps:
+            try:
+                trainer.finetune(train_cases, stages=(stage,))
+            except _Stop as exc:
+                stopped_by = exc.reason
+                break
+    trainer.guard = check
+    trainer.network.eval()
+    if held is not None:
+        consider("end")
+        trainer.network.load_state_dict(best["state"])
+        after = best["mm"]
+    else:
+        after = held_back_error()
+    trainer.network.eval()
+    seconds = time.monotonic() - start
+    say(f"error after adapting on {on}: {after:.2f} mm")
+    check()
+    record = _provenance(base_path, meta, ordered, held, train, done, before, after, on, stopped_by, seconds,
+                         options, device, best["step"] if held else "end")
+    keep = {k: meta[k] for k in ("protocol", "bilateral_pairs", "reference_lps", "method", "data") if k in meta}
+    trainer.save(target, {**keep, "model_name": target.name.removesuffix(".safetensors"), "adaptation": record})
+    return AdaptResult(target, record, before, after, on, dict(done), seconds, stopped_by)
+
+
+def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def _provenance(base_path: Path, meta: dict, cases: Sequence[AdaptCase], held: AdaptCase | None,
+                train: Sequence[AdaptCase], done: dict, before: float, after: float, on: str, stopped_by: str,
+                seconds: float, options: AdaptOptions, device: torch.device, selected: str) -> dict:
+    def describe(c: AdaptCase) -> dict:
+        return {"name": c.name, "role": "held-back" if c is held else "training",
+                "image_file": Path(c.image_file).name if c.image_file else "", "image_sha256": c.image_sha256,
+                "landmarks_file": Path(c.landmarks_file).name if c.landmarks_file else "",
+                "landmarks_sha256": c.landmarks_sha256, "reviewed_landmarks": count_reviewed(c.landmarks)}
+
+    return {
+        "base_model": {"name": meta.get("model_name", base_path.stem), "file": base_path.name,
+                       "sha256": file_sha256(base_path), "created": meta.get("created", "")},
+        "cases": [describe(c) for c in cases],
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "steps": dict(done),
+        "selected": selected,
+        "stopped_by": stopped_by,
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "error_mm": {"evaluated_on": on, "before": round(before, 3), "after": round(after, 3),
+                     "held_back": held is not None},
+        "options": asdict(options),
+    }
+
+
+__all__ = ["REVIEWED", "AdaptCase", "AdaptOptions", "AdaptResult", "adapt", "adapt_recipe", "cases_from_dataset",
+           "check_cases", "count_reviewed", "default_output", "reviewed"]
