@@ -163,3 +163,18 @@ def test_numpy_flip_transpose_with_matching_geometry(tmp_path: Path, t1w_crop) -
 def _save(image: sitk.Image, path: Path) -> Path:
     sitk.WriteImage(image, str(path))
     return path
+
+
+def test_one_volume_suffix_check_for_reader_and_training(tmp_path: Path) -> None:
+    from napari_dglandmark._reader import napari_get_reader
+    from napari_dglandmark.io.volume import is_volume_file
+    from training.data import _is_volume
+
+    for name in ("a.nii", "a.NII.GZ", "a.nrrd", "a.nhdr", "a.mha", "a.mhd", "norm.mgz", "T1.MGH"):
+        assert is_volume_file(name), name
+        (tmp_path / name).write_bytes(b"")
+        assert _is_volume(tmp_path / name) and napari_get_reader(str(tmp_path / name)) is not None, name
+    for name in ("slice.dcm", "a.csv", "a.fcsv", "a.nii.gz.bak", "a.tif"):
+        assert not is_volume_file(name), name
+        (tmp_path / name).write_bytes(b"")
+        assert not _is_volume(tmp_path / name), name
