@@ -17,8 +17,22 @@ from .errors import DGLandmarkError
 
 FORMATS = ("csv", "mrk.json", "fcsv")
 # Columns of the detection CSV (stdout or one --out .csv for the whole batch), in order.
-CSV_COLUMNS = ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence"]
+CSV_COLUMNS = ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "needs_review",
+               "image_warning"]
 EXIT_FAILED = 2  # some image (or the whole run) failed: same status as any bad input
+QUALITY_HELP = """\
+output columns:
+  confidence     0-1 per landmark: heatmap sharpness x agreement when the fine stage is run again
+                 on a gamma-changed image from a shifted start x plausibility of the position given
+                 the other landmarks (real people's anatomy). Compare within a scan, not as a probability.
+  needs_review   1 when the landmark should be checked by a person: low confidence, or far from
+                 where the other landmarks put it (implausible landmarks are searched again first).
+                 On hard test cases it marks most landmarks > 5 mm off and few within 2 mm
+                 (numbers: README, benchmarks/results/quality/).
+  image_warning  why the image is not the kind the model was made for (an adult head MRI of any
+                 contrast): CT, body field of view, thick slices or low resolution, a slab too thin,
+                 noise, or a detection no brain has. Empty when fine. Printed as one stderr line;
+                 every landmark of such an image needs review, and --strict refuses it (exit 2)."""
 
 
 @dataclass
@@ -187,6 +201,11 @@ def _detect(args: argparse.Namespace) -> int:
             continue
         try:
             volume, landmarks = _detect_one(image, detector, args)
+            warning = getattr(landmarks, "image_warning", "")
+            if warning and args.strict:
+                raise DGLandmarkError(f"{warning} (--strict refuses images the model was not made for)", image)
+            if warning:
+                bar.write(f"dglandmark: warning: {image}: {warning}; every landmark needs review", file=sys.stderr)
             writer.add(image, volume, landmarks)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -222,7 +241,9 @@ def _summary(args: argparse.Namespace, plan: OutputPlan, n_landmarks: int, done:
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     from .model.devices import DEVICE_CHOICES
 
-    p = sub.add_parser("detect", help="detect the landmarks of a protocol in 3D images")
+    p = sub.add_parser("detect", help="detect the landmarks of a protocol in 3D images",
+                       description="Detect the landmarks of a protocol in 3D images.", epilog=QUALITY_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="NIfTI / NRRD / MetaImage file or DICOM folder")
     p.add_argument("--model", default=None, help="bundled model name (default afids32) or a .safetensors path")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto = CUDA, then MPS, then CPU")
@@ -236,6 +257,8 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", default=None, metavar="ID",
                    help="the volume to read from a DICOM folder holding several (its error lists the ids)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2, nothing written) an image the model was not made for (see image_warning)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_detect)
 

@@ -16,7 +16,8 @@ from .landmarks import Landmarks, check_coordinate_system
 from .volume import Geometry, ras_to_lps
 
 REQUIRED = ("landmark", "x", "y", "z", "coordinate_system")
-OPTIONAL = ("i", "j", "k", "confidence", "status", "image", "model", "model_sha256", "exported_at")
+OPTIONAL = ("i", "j", "k", "confidence", "needs_review", "status", "image", "model", "model_sha256", "exported_at",
+            "image_warning")
 
 
 def _fmt(value: float) -> str:
@@ -25,7 +26,11 @@ def _fmt(value: float) -> str:
 
 def landmark_rows(landmarks: Landmarks, coords: str = "RAS", geometry: Geometry | None = None,
                   extra: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """CSV rows (dicts) for one Landmarks; ``i,j,k`` when the image geometry is given."""
+    """CSV rows (dicts) for one Landmarks; ``i,j,k`` when the image geometry is given.
+
+    Assessed landmarks (``needs_review`` set) add ``needs_review`` (1/0) and ``image_warning``
+    (empty when the image is the kind the model was made for).
+    """
     system = check_coordinate_system(coords)
     pos = landmarks.positions_in(system)
     index = geometry.physical_to_index(landmarks.positions) if geometry is not None else None
@@ -36,7 +41,11 @@ def landmark_rows(landmarks: Landmarks, coords: str = "RAS", geometry: Geometry 
         if index is not None:
             row.update(i=_fmt(index[n, 0]), j=_fmt(index[n, 1]), k=_fmt(index[n, 2]))
         row["confidence"] = _fmt(landmarks.confidence[n])
+        if landmarks.needs_review is not None:
+            row["needs_review"] = "1" if landmarks.needs_review[n] else "0"
         row["status"] = landmarks.status[n]
+        if landmarks.needs_review is not None or landmarks.image_warning:
+            row["image_warning"] = landmarks.image_warning
         if landmarks.image:
             row["image"] = landmarks.image
         if landmarks.model:
@@ -102,19 +111,27 @@ def read_csv_table(path: str | os.PathLike) -> dict[str, Landmarks]:
             raise DGLandmarkError(f"line {number}: position or confidence is not a finite number", src) from None
         if system == "RAS":
             xyz = ras_to_lps(xyz)
-        g = groups.setdefault(row.get("image", ""), {"names": [], "pos": [], "conf": [], "status": [], "model": ""})
+        review = row.get("needs_review", "").casefold()
+        if review not in ("", "1", "0", "true", "false", "yes", "no"):
+            raise DGLandmarkError(f"line {number}: needs_review must be 1 or 0, not {row['needs_review']!r}", src)
+        g = groups.setdefault(row.get("image", ""), {"names": [], "pos": [], "conf": [], "status": [], "model": "",
+                                                     "review": [], "warning": ""})
         g["names"].append(name)
         g["pos"].append(xyz)
         g["conf"].append(confidence)
         g["status"].append(status or "defined")
+        g["review"].append(review in ("1", "true", "yes"))
         g["model"] = g["model"] or row.get("model", "")
+        g["warning"] = g["warning"] or row.get("image_warning", "")
     if not groups:
         raise DGLandmarkError("CSV holds no landmark rows", src)
     out = {}
     for image, g in groups.items():
         try:
             out[image] = Landmarks(g["names"], np.array(g["pos"]), [], np.array(g["conf"]), g["status"],
-                                   image=image or None, model=g["model"] or None)
+                                   image=image or None, model=g["model"] or None,
+                                   needs_review=np.array(g["review"]) if "needs_review" in header else None,
+                                   image_warning=g["warning"])
         except DGLandmarkError as exc:
             raise DGLandmarkError(f"{exc} (image {image!r})" if image else str(exc), src) from None
     return out

@@ -1,4 +1,4 @@
-"""The Landmarks object: named points in physical LPS mm, with status and confidence."""
+"""The Landmarks object: named points in physical LPS mm, with status, confidence and review state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from ..errors import DGLandmarkError
 
 #: statuses a landmark can have; ``missing`` keeps its row but has no position
 STATUSES = ("defined", "predicted", "corrected", "added", "verified", "missing")
+#: who placed a landmark's current position
+PLACED_BY = ("model", "human")
 
 
 def normalise_name(name: str) -> str:
@@ -23,6 +25,10 @@ class Landmarks:
     """Named landmarks. Positions are LPS mm, NaN where a landmark is missing.
 
     Identity is the name, never the row order.
+
+    Quality (``model.quality``): ``needs_review`` (one bool per landmark, None when nobody assessed
+    it), ``placed_by`` (``"model"`` or ``"human"`` per landmark) and ``image_warning`` (why the image
+    is not the kind the model was made for; ``""`` when it is).
     """
 
     names: list[str]
@@ -33,6 +39,9 @@ class Landmarks:
     image: str | None = None
     model: str | None = None
     measurements: dict[str, float] = field(default_factory=dict)  # as stored in a file, mm
+    needs_review: np.ndarray | None = None
+    placed_by: list[str] = field(default_factory=list)
+    image_warning: str = ""
 
     def __post_init__(self) -> None:
         self.names = [str(n) for n in self.names]
@@ -45,8 +54,13 @@ class Landmarks:
         self.confidence = np.asarray(self.confidence, dtype=float).reshape(n)
         if not self.status:
             self.status = ["missing" if np.isnan(p).any() else "defined" for p in self.positions]
-        if not (len(self.descriptions) == len(self.status) == n):
-            raise ValueError("names, descriptions and status must have the same length")
+        if not self.placed_by:
+            self.placed_by = ["model" if s in ("predicted", "verified") else "human" for s in self.status]
+        if not (len(self.descriptions) == len(self.status) == len(self.placed_by) == n):
+            raise ValueError("names, descriptions, status and placed_by must have the same length")
+        if self.needs_review is not None:
+            self.needs_review = np.asarray(self.needs_review, dtype=bool).reshape(n)
+        self.image_warning = str(self.image_warning or "")
         keys = [normalise_name(x) for x in self.names]
         dupes = sorted({x for x in self.names if keys.count(normalise_name(x)) > 1})
         if dupes:
@@ -89,7 +103,7 @@ class Landmarks:
     def reordered(self, names: Iterable[str], strict: bool = True) -> Landmarks:
         """Landmarks in the order of ``names``; absent ones become ``missing`` unless ``strict``."""
         names = list(names)
-        pos, desc, conf, status = [], [], [], []
+        pos, desc, conf, status, review, by = [], [], [], [], [], []
         for name in names:
             try:
                 i = self.index_of(name)
@@ -100,18 +114,26 @@ class Landmarks:
                 desc.append("")
                 conf.append(np.nan)
                 status.append("missing")
+                review.append(False)
+                by.append("human")
                 continue
             pos.append(self.positions[i])
             desc.append(self.descriptions[i])
             conf.append(self.confidence[i])
             status.append(self.status[i])
+            review.append(bool(self.needs_review[i]) if self.needs_review is not None else False)
+            by.append(self.placed_by[i])
         return Landmarks(names, np.array(pos).reshape(-1, 3), desc, np.array(conf), status,
-                         self.image, self.model, dict(self.measurements))
+                         self.image, self.model, dict(self.measurements),
+                         np.array(review, dtype=bool) if self.needs_review is not None else None, by,
+                         self.image_warning)
 
     def copy(self) -> Landmarks:
         return Landmarks(list(self.names), self.positions.copy(), list(self.descriptions),
                          self.confidence.copy(), list(self.status), self.image, self.model,
-                         dict(self.measurements))
+                         dict(self.measurements),
+                         None if self.needs_review is None else self.needs_review.copy(),
+                         list(self.placed_by), self.image_warning)
 
 
 def check_coordinate_system(coords: str) -> str:

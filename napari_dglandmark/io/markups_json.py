@@ -20,6 +20,25 @@ SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Lo
 # Our statuses that Slicer does not know travel in a per-point key Slicer ignores.
 _STATUS_KEY = "dglandmarkStatus"
 _CONFIDENCE_KEY = "dglandmarkConfidence"
+_REVIEW_KEY = "dglandmarkNeedsReview"
+_WARNING_KEY = "dglandmarkImageWarning"  # on the point list: why the image is not what the model was made for
+#: what a flagged point's description says (Slicer's Markups table shows descriptions)
+REVIEW_NOTE = "NEEDS REVIEW"
+# Slicer draws selected points in ``selectedColor``: flagged points are the selected ones.
+REVIEW_COLOR = [1.0, 0.0, 1.0]
+
+
+def _with_note(description: str) -> str:
+    if REVIEW_NOTE.casefold() in description.casefold():
+        return description
+    return f"{description}; {REVIEW_NOTE}" if description else REVIEW_NOTE
+
+
+def _without_note(description: str) -> str:
+    for suffix in (f"; {REVIEW_NOTE}", REVIEW_NOTE):
+        if description.endswith(suffix):
+            return description[: -len(suffix)]
+    return description
 
 
 def _load_json(src: Path) -> dict:
@@ -34,11 +53,11 @@ def _load_json(src: Path) -> dict:
     return data
 
 
-def _points_of(markup: dict, src: Path, where: str) -> tuple[list, np.ndarray, list, list, list]:
+def _points_of(markup: dict, src: Path, where: str) -> tuple[list, np.ndarray, list, list, list, list]:
     system = str(markup.get("coordinateSystem", "LPS")).upper()
     if system not in ("LPS", "RAS"):
         raise DGLandmarkError(f"{where}: unsupported coordinateSystem {system!r}", src)
-    names, positions, descriptions, status, confidence = [], [], [], [], []
+    names, positions, descriptions, status, confidence, review = [], [], [], [], [], []
     points = markup.get("controlPoints", [])
     if not isinstance(points, list):
         raise DGLandmarkError(f"{where}: 'controlPoints' is not a list", src)
@@ -59,6 +78,10 @@ def _points_of(markup: dict, src: Path, where: str) -> tuple[list, np.ndarray, l
                 xyz = ras_to_lps(xyz)
         else:
             xyz = np.full(3, np.nan)
+        flagged = point.get(_REVIEW_KEY)
+        review.append(None if flagged is None else bool(flagged))
+        if flagged:
+            description = _without_note(description)
         names.append(name)
         descriptions.append(description)
         positions.append(xyz)
@@ -69,7 +92,7 @@ def _points_of(markup: dict, src: Path, where: str) -> tuple[list, np.ndarray, l
         except (TypeError, ValueError):
             raise DGLandmarkError(f"{where}: control point {name!r} has a non-numeric {_CONFIDENCE_KEY}",
                                   src) from None
-    return names, np.array(positions, dtype=float).reshape(-1, 3), descriptions, status, confidence
+    return names, np.array(positions, dtype=float).reshape(-1, 3), descriptions, status, confidence, review
 
 
 def read_mrk_json(path: str | os.PathLike) -> Landmarks:
@@ -85,7 +108,8 @@ def read_mrk_json(path: str | os.PathLike) -> Landmarks:
     lines = [m for m in data["markups"] if isinstance(m, dict) and m.get("type") == "Line"]
     if not fiducials and not lines:
         raise DGLandmarkError("holds no point list or line markup", src)
-    names, positions, descriptions, status, confidence = [], [], [], [], []
+    names, positions, descriptions, status, confidence, review = [], [], [], [], [], []
+    warning = ""
     measurements: dict[str, float] = {}
     for n, line in enumerate(lines, 1):
         line_name = str(line.get("name") or f"Line{n}")
@@ -107,17 +131,24 @@ def read_mrk_json(path: str | os.PathLike) -> Landmarks:
         descriptions += part[2]
         status += part[3]
         confidence += part[4]
+        review += part[5]
+        warning = warning or str(markup.get(_WARNING_KEY) or "")
     if not names:
         raise DGLandmarkError("holds no control points", src)
+    flags = None if all(r is None for r in review) else np.array([bool(r) for r in review])
     try:
         return Landmarks(names, np.concatenate(positions), descriptions, np.array(confidence), status,
-                         measurements=measurements)
+                         measurements=measurements, needs_review=flags, image_warning=warning)
     except DGLandmarkError as exc:
         raise DGLandmarkError(str(exc), src) from None
 
 
 def _control_point(k: int, name: str, description: str, position: np.ndarray | None,
-                   status: str | None = None, confidence: float = float("nan")) -> dict:
+                   status: str | None = None, confidence: float = float("nan"),
+                   needs_review: bool | None = None) -> dict:
+    """One control point; a flagged one (``needs_review``) is Slicer-"selected" and its description says so."""
+    if needs_review:
+        description = _with_note(description)
     point: dict = {"id": str(k), "label": name, "description": description, "associatedNodeID": ""}
     if position is None or np.isnan(position).any():
         point["positionStatus"] = "undefined"
@@ -125,11 +156,14 @@ def _control_point(k: int, name: str, description: str, position: np.ndarray | N
         point["position"] = [float(v) for v in position]
         point["orientation"] = [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
         point["positionStatus"] = "defined"
-    point.update({"selected": True, "locked": False, "visibility": True})
+    point.update({"selected": True if needs_review is None else bool(needs_review), "locked": False,
+                  "visibility": True})
     if status is not None:
         point[_STATUS_KEY] = status
     if np.isfinite(confidence):
         point[_CONFIDENCE_KEY] = float(confidence)
+    if needs_review is not None:
+        point[_REVIEW_KEY] = bool(needs_review)
     return point
 
 
@@ -150,15 +184,25 @@ def line_markup(name: str, a: np.ndarray, b: np.ndarray, system: str, endpoint_n
 def markups_document(landmarks: Landmarks, coords: str = "LPS", name: str = "Landmarks",
                      measurements: Sequence[tuple[str, str, str]] = (),
                      color: Sequence[float] | None = None) -> dict:
-    """The JSON document: one point list, plus one Line per ``(name, from, to)`` measurement."""
+    """The JSON document: one point list, plus one Line per ``(name, from, to)`` measurement.
+
+    With review flags, flagged points are the "selected" ones (drawn in ``REVIEW_COLOR``) and say
+    ``NEEDS REVIEW`` in their description; the image warning is kept on the point list.
+    """
     system = check_coordinate_system(coords)
     pos = landmarks.positions_in(system)
+    review = landmarks.needs_review
     points = [_control_point(i + 1, n, landmarks.descriptions[i], pos[i], landmarks.status[i],
-                             landmarks.confidence[i]) for i, n in enumerate(landmarks.names)]
+                             landmarks.confidence[i], None if review is None else bool(review[i]))
+              for i, n in enumerate(landmarks.names)]
     fiducial: dict = {"type": "Fiducial", "name": name, "coordinateSystem": system, "coordinateUnits": "mm",
                       "locked": False, "labelFormat": "%N-%d", "controlPoints": points}
-    if color is not None:
-        fiducial["display"] = {"color": [float(c) for c in color], "selectedColor": [float(c) for c in color]}
+    if landmarks.image_warning:
+        fiducial[_WARNING_KEY] = landmarks.image_warning
+    if color is not None or review is not None:
+        shown = [float(c) for c in color] if color is not None else [0.4, 1.0, 1.0]  # Slicer's default colour
+        fiducial["display"] = {"color": shown,
+                               "selectedColor": REVIEW_COLOR if review is not None else list(shown)}
     markups = [fiducial]
     for meas_name, a, b in measurements:
         ia, ib = landmarks.index_of(a), landmarks.index_of(b)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .decode import decode
 from .devices import is_out_of_memory, resolve_device
 from .pipeline import PipelineConfig, coarse_grid, coarse_input, fine_grids, fine_input, prepare_source
 from .shape import ShapeModel, load_shape_model
+
+if TYPE_CHECKING:
+    from .pipeline import Source
 
 Progress = Callable[[int, int], None]
 
@@ -107,6 +111,8 @@ class Detector:
         self.config = PipelineConfig.from_dict(self.info.metadata.get("pipeline", {}))
         self.bilateral_pairs = [tuple(p) for p in self.info.metadata.get("bilateral_pairs", [])]
         self.shape = reference_shape(self.info)
+        self.assess_quality = True  # plausibility, review flags and the image warning (``model.quality``)
+        self.last_assessment = None  # the last detection's ``quality.Assessment`` (benchmarks, debugging)
 
     @property
     def names(self) -> list[str]:
@@ -175,6 +181,8 @@ class Detector:
         Coarse pass around the head; a robust similarity fit of the protocol's reference
         configuration gives the head's pose; the coarse pass again and the fine passes then run in
         that canonical (upright) frame, and positions map back to the image (any pose, any storage order).
+        Then ``quality.review``: implausible landmarks are searched again, the confidence is calibrated
+        (sharpness, test-time agreement, plausibility) and ``needs_review`` / ``image_warning`` are set.
         """
         cfg = self.config
         steps = 3 + cfg.fine_iterations
@@ -203,21 +211,59 @@ class Detector:
         self._fix_swapped_sides(pos, conf, rotation)
         tick()
         n = len(self.names)
-        conf_fine = np.ones(n)
-        for _ in range(cfg.fine_iterations):
+        coarse_pos = pos.copy()
+        pos, conf_fine = self.refine(source, pos, rotation, after_each=tick)
+        self._fix_swapped_sides(pos, conf_fine, rotation)
+        result = DetectionState(source, coarse_pos, np.clip(conf, 0, 1), pos, np.clip(conf_fine, 0, 1), rotation)
+        if not self.assess_quality:
+            confidence = np.sqrt(result.coarse_confidence * result.fine_confidence)
+            return Landmarks(list(self.names), pos, confidence=confidence, status=["predicted"] * n,
+                             image=volume.path, model=self.info.name, placed_by=["model"] * n)
+        from .quality import review
+
+        return review(self, volume, result)
+
+    def refine(self, source: Source, positions: np.ndarray, rotation: np.ndarray | None = None,
+               indices: Sequence[int] | None = None, iterations: int | None = None,
+               after_each: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The fine stage from given positions (LPS mm): (positions, fine confidences).
+
+        ``indices``: which landmark each row of ``positions`` is (default: all, in order); the
+        patches are read in the canonical frame ``rotation`` (default: the image's own axes).
+        """
+        cfg = self.config
+        pos = np.asarray(positions, float).reshape(-1, 3).copy()
+        rows = np.arange(len(self.names)) if indices is None else np.asarray(indices, int).reshape(-1)
+        if len(rows) != len(pos):
+            raise ValueError("one position per landmark index")
+        rotation = np.eye(3) if rotation is None else rotation
+        conf = np.ones(len(pos))
+        if not len(pos):
+            return pos, conf
+        for _ in range(cfg.fine_iterations if iterations is None else iterations):
             grids = fine_grids(cfg, pos)
             frames = [rigid_about(rotation, p) for p in pos]
             out = self._run(self.network.fine, fine_input(source, grids, frames)).cpu()
-            own = out[torch.arange(n), torch.arange(n)]  # patch k is read on channel k only
+            own = out[torch.arange(len(rows)), torch.as_tensor(rows)]  # patch k is read on its landmark's channel
             idx, c = decode(own, "softmax-centroid", cfg.decode_radius_fine)
             local = np.stack([g.index_to_physical(i) for g, i in zip(grids, idx.double().numpy(), strict=True)])
             pos = np.stack([f[:3, :3] @ q + f[:3, 3] for f, q in zip(frames, local, strict=True)])
-            conf_fine = c.numpy().astype(float)
-            tick()
-        self._fix_swapped_sides(pos, conf_fine, rotation)
-        confidence = np.sqrt(np.clip(conf, 0, 1) * np.clip(conf_fine, 0, 1))
-        return Landmarks(list(self.names), pos, confidence=confidence, status=["predicted"] * n,
-                         image=volume.path, model=self.info.name)
+            conf = c.numpy().astype(float)
+            if after_each:
+                after_each()
+        return pos, conf
+
+
+@dataclass
+class DetectionState:
+    """What ``Detector.detect`` knows before the quality review (positions LPS mm)."""
+
+    source: Source
+    coarse_positions: np.ndarray
+    coarse_confidence: np.ndarray
+    positions: np.ndarray
+    fine_confidence: np.ndarray
+    rotation: np.ndarray  # head frame -> image (identity without a canonical frame)
 
 
 def rigid_about(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:

@@ -1,0 +1,261 @@
+"""Quality of a detection: anatomical plausibility, review flags and the scan-level warning.
+
+Qt-free; ``Detector.detect`` calls :func:`review` after the fine passes, so the CLI, the writers,
+the napari layer and the Slicer module all show the same thing.
+
+Per landmark:
+
+- **plausibility**: a robust similarity fit of the protocol's reference configuration
+  (``model.shape``) to the *other* landmarks predicts where each one should be; the residual is
+  in units of how far real people's landmarks lie from the fitted reference (``spread``).
+  Implausible landmarks are re-localised (the fine stage again, from the predicted position) and
+  the better-supported answer is kept (heatmap sharpness, weighted by plausibility).
+- **agreement under test-time variation**: one more fine pass on a gamma-changed copy of the
+  image, started a few mm away from the answer; a landmark the network really sees comes back
+  to the same place.
+- **confidence** in [0, 1] combines heatmap sharpness, that agreement and the plausibility
+  residual; ``needs_review`` is True when the confidence is below :data:`REVIEW_BELOW`, the
+  residual is large, or the image itself is not the kind the model was made for.
+
+Per image (``image_warning``, ``""`` when fine): intensity statistics (CT Hounsfield values,
+a windowed CT's bone shell, no dark background), field of view and voxel size (thick slices,
+low resolution, a slab too thin for the head, a body-sized field), and the detection (a
+configuration no brain has, a network that finds no landmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DGLandmarkError
+from ..io.landmarks import Landmarks
+from ..io.volume import Volume
+from .resample import grid_around, resample
+from .shape import ShapeModel, load_shape_model
+
+if TYPE_CHECKING:  # inference imports this module; no import cycle at run time
+    from .inference import DetectionState, Detector
+    from .pipeline import Source
+
+# ----------------------------------------------------------------------------- per-landmark settings
+RELOCALISE_ABOVE = 3.0  # plausibility residual (units of spread) above which a landmark is searched again
+RELOCALISE_MIN_MM = 4.0  # ... and at least this far (mm) from its prediction
+PLAUSIBILITY_SIGMA = 3.0  # spreads: the plausibility weight of an answer is exp(-0.5 (r / sigma)^2)
+TTA_GAMMA = 0.7  # gamma of the test-time copy of the image
+TTA_SHIFT_MM = 2.5  # the test-time fine pass starts this far from the answer
+TTA_SIGMA_MM = 2.0  # agreement exp(-0.5 (d / sigma)^2)
+REVIEW_BELOW = 0.25  # needs_review when the calibrated confidence is below this
+REVIEW_RESIDUAL = 4.0  # ... or the plausibility residual is above this many spreads
+
+# ----------------------------------------------------------------------------- image-level settings
+CT_AIR_HU = -500.0  # CT air is about -1000 HU; MR intensities are never this negative
+CT_AIR_FRACTION = 0.02
+MAX_SLICE_MM = 6.0  # thicker slices cannot resolve the landmarks
+LOW_RES_MM = 2.0  # two or more axes this coarse: diffusion / functional-like resolution
+THIN_MARGIN_MM = 30.0  # the image must be at least the landmarks' smallest extent + this along every axis
+BODY_FOV_MM = 350.0  # two axes longer than this: a body, not a head
+MIN_BACKGROUND = 0.10  # fraction of dark voxels every head scan has around the head
+HOLLOW_RADIUS_MM = 35.0  # ball around the head centre that holds brain in every head MRI
+MAX_HOLLOW = 0.15  # real brain MRIs: <= 0.05 of that ball as dark as the background; a bone-window CT 0.26
+SCALE_RANGE = (0.7, 1.4)  # similarity scale of the reference onto the landmarks (adult brains 0.79-1.01)
+IMPLAUSIBLE_FRACTION = 0.3  # more than this fraction of landmarks implausible: not a brain's configuration
+MIN_MEDIAN_SHARPNESS = 0.08  # median heatmap sharpness below this: the network finds no landmark
+
+
+@dataclass
+class Assessment:
+    """Everything the review computed (LPS mm; per landmark in the detector's order)."""
+
+    positions: np.ndarray
+    sharpness: np.ndarray  # sqrt(coarse * fine heatmap confidence): today's confidence
+    tta_distance_mm: np.ndarray
+    residual: np.ndarray  # plausibility residual in units of spread (0 without a shape model)
+    residual_mm: np.ndarray
+    relocalised: np.ndarray  # bool: the re-localised answer was kept
+    confidence: np.ndarray
+    needs_review: np.ndarray
+    image_warning: str = ""
+    scale: float = float("nan")  # similarity scale of the reference onto the landmarks
+    details: dict = field(default_factory=dict)
+
+
+def protocol_shape(detector: Detector) -> ShapeModel | None:
+    """The detector's own reference configuration, else the protocol's shipped shape model,
+    reordered to the detector's landmarks; None when neither covers every landmark."""
+    if detector.shape is not None:
+        return detector.shape
+    try:
+        shape = load_shape_model(detector.info.protocol) if detector.info.protocol else None
+    except DGLandmarkError:
+        return None
+    if shape is None:
+        return None
+    index = {n.casefold(): i for i, n in enumerate(shape.names)}
+    try:
+        order = [index[n.casefold()] for n in detector.names]
+    except KeyError:
+        return None
+    head = shape.head_center
+    return ShapeModel(list(detector.names), shape.reference[order], shape.spread[order], shape.source, head)
+
+
+def plausibility(shape: ShapeModel, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(predicted positions, residual in spreads, residual mm, scale) of a robust similarity fit."""
+    fit, res_mm = shape.fit(positions)
+    predicted = fit.apply(shape.reference)
+    return predicted, res_mm / np.maximum(shape.spread, 0.5), res_mm, float(fit.scale)
+
+
+def _support(sharpness: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    return sharpness * np.exp(-0.5 * (residual / PLAUSIBILITY_SIGMA) ** 2)
+
+
+def relocalise(detector: Detector, state: DetectionState, shape: ShapeModel, pos: np.ndarray,
+               fine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search implausible landmarks again from their predicted positions; keep the better-supported
+    answer. Returns (positions, fine confidences, kept-new mask)."""
+    pos, fine = pos.copy(), fine.copy()
+    kept = np.zeros(len(pos), bool)
+    predicted, residual, res_mm, _ = plausibility(shape, pos)
+    bad = np.flatnonzero((residual > RELOCALISE_ABOVE) & (res_mm > RELOCALISE_MIN_MM))
+    if not len(bad):
+        return pos, fine, kept
+    new_pos, new_fine = detector.refine(state.source, predicted[bad], state.rotation, indices=bad)
+    coarse = state.coarse_confidence[bad]
+    new_res = np.linalg.norm(new_pos - predicted[bad], axis=1) / np.maximum(shape.spread[bad], 0.5)
+    old_support = _support(np.sqrt(coarse * fine[bad]), residual[bad])
+    new_support = _support(np.sqrt(coarse * np.clip(new_fine, 0, 1)), new_res)
+    better = new_support > old_support
+    pos[bad[better]] = new_pos[better]
+    fine[bad[better]] = np.clip(new_fine[better], 0, 1)
+    kept[bad[better]] = True
+    return pos, fine, kept
+
+
+def _tta_offsets(n: int) -> np.ndarray:
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float) / np.sqrt(3)
+    return TTA_SHIFT_MM * corners[np.arange(n) % 8]
+
+
+def test_time_distance(detector: Detector, state: DetectionState, pos: np.ndarray) -> np.ndarray:
+    """mm between each answer and one fine pass on a gamma-changed image started a few mm away."""
+    source = replace(state.source, image=state.source.image.clamp(0, 1).pow(TTA_GAMMA))
+    start = pos + _tta_offsets(len(pos)) @ state.rotation.T
+    again, _ = detector.refine(source, start, state.rotation, iterations=1)
+    return np.linalg.norm(again - pos, axis=1)
+
+
+def calibrated_confidence(sharpness: np.ndarray, tta_mm: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Confidence in [0, 1]: heatmap sharpness x agreement under test-time variation x plausibility."""
+    agreement = np.exp(-0.5 * (np.asarray(tta_mm) / TTA_SIGMA_MM) ** 2)
+    plausible = np.exp(-0.5 * (np.maximum(np.asarray(residual) - 1.0, 0) / PLAUSIBILITY_SIGMA) ** 2)
+    return np.clip(np.sqrt(np.clip(sharpness, 0, 1)) * agreement * plausible, 0, 1)
+
+
+# ----------------------------------------------------------------------------- the image
+
+def hollow_fraction(source: Source, radius_mm: float = HOLLOW_RADIUS_MM) -> float:
+    """Share of a ball around the head centre that is as dark as the background (normalised < 0.05).
+
+    Inside a head MRI is brain (any contrast, skull-stripped or not); a CT in a bone window shows
+    the brain as dark as air.
+    """
+    n = int(np.ceil(2 * radius_mm / 2.0)) + 2
+    grid = grid_around(source.center, 2.0, (n, n, n))
+    values = resample(source.image, source.geometry, grid)[0, 0].numpy()
+    offsets = (np.indices(values.shape) - (n - 1) / 2) * 2.0
+    ball = np.sqrt((offsets ** 2).sum(0)) < radius_mm
+    return float(np.mean(values[ball] < 0.05))
+
+
+def image_statistics_warning(volume: Volume, source: Source | None = None, shape: ShapeModel | None = None) -> str:
+    """Why the image (by its voxels and geometry alone) is not a head MRI; ``""`` when it may be."""
+    arr = volume.array
+    flat = arr.reshape(-1)
+    sample = flat[:: max(1, flat.size // 2_000_000)].astype(np.float32)
+    sample = sample[np.isfinite(sample)]
+    spacing = np.asarray(volume.spacing, float)
+    fov = np.asarray(volume.geometry.size, float) * spacing
+    mm = " x ".join(f"{v:.0f}" for v in fov)
+    vox = " x ".join(f"{v:.3g}" for v in spacing)
+    air = float(np.mean(sample < CT_AIR_HU)) if sample.size else 0.0
+    if air > CT_AIR_FRACTION and float(sample.max()) > 300:
+        return (f"CT-like intensities ({100 * air:.0f} % of voxels below {CT_AIR_HU:g}, Hounsfield air): "
+                "the model is for MRI")
+    if spacing.max() > MAX_SLICE_MM:
+        return f"voxels {vox} mm: slices too thick to resolve the landmarks"
+    if np.sum(spacing >= LOW_RES_MM) >= 2:
+        return f"voxels {vox} mm: lower resolution than structural MRI (diffusion or functional image?)"
+    if np.sum(fov > BODY_FOV_MM) >= 2:
+        return f"field of view {mm} mm is larger than a head (body scan?)"
+    if shape is not None:
+        extent = np.ptp(shape.reference, axis=0)
+        need = float(extent.min()) + THIN_MARGIN_MM
+        if fov.min() < need:
+            return f"field of view {mm} mm: a slab too thin to hold the head's landmarks (needs >= {need:.0f} mm)"
+    if sample.size:
+        lo, hi = np.percentile(sample, [0.5, 99.5])
+        dark = float(np.mean(sample <= lo + 0.1 * (hi - lo))) if hi > lo else 1.0
+        if dark < MIN_BACKGROUND:
+            return (f"no dark background around a head (only {100 * dark:.0f} % dark voxels): "
+                    "noise, or not a head image")
+    if source is not None:
+        hollow = hollow_fraction(source)
+        if hollow > MAX_HOLLOW:
+            return (f"the inside of the head is as dark as the background ({100 * hollow:.0f} % of the central "
+                    f"{2 * HOLLOW_RADIUS_MM:g} mm): a CT in a bone window, or not a head MRI")
+    return ""
+
+
+def detection_warning(sharpness: np.ndarray, residual: np.ndarray, scale: float, has_shape: bool) -> str:
+    """Why the detection itself says the image is not a head MRI; ``""`` when it looks like one."""
+    med = float(np.median(sharpness))
+    if med < MIN_MEDIAN_SHARPNESS:
+        return f"the model finds no clear landmark (median heatmap confidence {med:.2f})"
+    if has_shape:
+        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            return f"the landmarks form a configuration {scale:.2f} x the size of an adult brain's"
+        bad = int(np.sum(residual > REVIEW_RESIDUAL))
+        if bad > IMPLAUSIBLE_FRACTION * len(residual):
+            return f"the landmarks do not form a brain's configuration ({bad} of {len(residual)} implausible)"
+    return ""
+
+
+# ----------------------------------------------------------------------------- the whole review
+
+def assess(detector: Detector, volume: Volume, state: DetectionState) -> Assessment:
+    """Plausibility, re-localisation, test-time agreement, confidence, flags and the image warning."""
+    shape = protocol_shape(detector)
+    pos, fine = state.positions.copy(), state.fine_confidence.copy()
+    n = len(pos)
+    kept = np.zeros(n, bool)
+    residual, res_mm, scale = np.zeros(n), np.zeros(n), float("nan")
+    if shape is not None:
+        pos, fine, kept = relocalise(detector, state, shape, pos, fine)
+        if kept.any():
+            detector._fix_swapped_sides(pos, fine, state.rotation)
+        _, residual, res_mm, scale = plausibility(shape, pos)
+    sharpness = np.sqrt(state.coarse_confidence * fine)
+    tta = test_time_distance(detector, state, pos)
+    confidence = calibrated_confidence(sharpness, tta, residual)
+    warning = image_statistics_warning(volume, state.source, shape) or detection_warning(sharpness, residual, scale,
+                                                                           shape is not None)
+    flags = (confidence < REVIEW_BELOW) | (residual > REVIEW_RESIDUAL)
+    if warning:
+        flags[:] = True
+    return Assessment(pos, sharpness, tta, residual, res_mm, kept, confidence, flags, warning, scale)
+
+
+def review(detector: Detector, volume: Volume, state: DetectionState) -> Landmarks:
+    """The detection as ``Landmarks`` with calibrated confidences, ``needs_review`` and ``image_warning``
+    (the full :class:`Assessment` stays on ``detector.last_assessment`` for benchmarks)."""
+    result = assess(detector, volume, state)
+    detector.last_assessment = result
+    n = len(result.positions)
+    return Landmarks(list(detector.names), result.positions, confidence=result.confidence,
+                     status=["predicted"] * n, image=volume.path, model=detector.info.name,
+                     needs_review=result.needs_review, placed_by=["model"] * n,
+                     image_warning=result.image_warning)
