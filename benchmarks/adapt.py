@@ -16,6 +16,7 @@ detections as truth, and measure the T1-T2 disagreement before and after.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import shutil
@@ -34,7 +35,7 @@ from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
 from napari_dglandmark.model.inference import Detector, resolve_model
 from napari_dglandmark.protocols import load_protocol
 from training.adapt import AdaptOptions, adapt, cases_from_dataset
-from training.shapes import read_subjects, split_subjects, to_template_frame
+from training.shapes import Subject, split_subjects, to_template_frame
 from training.synth import render_contrast, tissue_labels, warped_to_shape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +51,28 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+def read_subjects_by_label(root: Path, n: int) -> list[Subject]:
+    """afids-shapes ground truth matched by AFID number (the ``label`` column), as its README asks:
+    OASIS calls landmark 20 "splenium", so matching by name loses it (and a NaN row makes the
+    similarity fit of ``to_template_frame`` NaN)."""
+    subjects = []
+    for cohort in ("hcp", "oasis"):
+        for path in sorted((root / cohort / "afids_groundtruth").glob("sub-*/anat/*_afids.fcsv")):
+            pos = np.full((n, 3), np.nan)
+            rows = [r for r in csv.reader(path.read_text().splitlines()) if r and not r[0].startswith("#")]
+            for r in rows:
+                k = int(float(r[11])) - 1
+                if 0 <= k < n:
+                    pos[k] = (-float(r[1]), -float(r[2]), float(r[3]))  # RAS -> LPS
+            subjects.append(Subject(f"{cohort}/{path.parts[-3]}", pos))
+    return subjects
+
+
 def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: int) -> dict[str, list[dict]]:
     """The site's cases on disk (cached): ``eval`` (held-out subjects) and ``adapt`` (other subjects);
     each has the FLAIR-like image, a T1w image of the same anatomy and the truth (.mrk.json)."""
     cache.mkdir(parents=True, exist_ok=True)
-    train_s, held_s = split_subjects(read_subjects(data / "afids-shapes", names))
+    train_s, held_s = split_subjects(read_subjects_by_label(data / "afids-shapes", len(names)))
     chosen = {"eval": held_s[:n_eval], "adapt": train_s[::10][:n_adapt]}  # both cohorts, fixed whatever n
     t1w, truth, labels = None, None, None
     out: dict[str, list[dict]] = {}
