@@ -94,14 +94,10 @@ class BatchWriter:
     measurements: list[tuple[str, str, str]]
     csv_rows: list[dict[str, str]] = field(default_factory=list)
     header_written: bool = False
-    written: list[Path] = field(default_factory=list)
 
-    def skip(self, image: str) -> Path | None:
-        """The existing result file of ``image`` in --out DIR (for --skip-existing), else None."""
-        if not self.plan.to_dir:
-            return None
-        path = self.plan.image_path(image)
-        return path if path.is_file() else None
+    def has_result(self, image: str) -> bool:
+        """Whether ``image`` already has its result file in --out DIR (for --skip-existing)."""
+        return self.plan.to_dir and self.plan.image_path(image).is_file()
 
     def add(self, image: str, volume: Any, landmarks: Any) -> None:
         from .io import write_landmarks
@@ -122,14 +118,11 @@ class BatchWriter:
             else:  # the whole table so far, replaced atomically: a crash keeps every finished image
                 self.csv_rows += rows
                 write_text_atomic(plan.target, format_rows(self.csv_rows, first=CSV_COLUMNS))
-                if plan.target not in self.written:
-                    self.written.append(plan.target)
             return
         path = plan.image_path(image) if plan.to_dir else plan.target
         assert path is not None
         write_landmarks(path, landmarks, coords=self.coords, geometry=volume.geometry,
                         measurements=self.measurements)
-        self.written.append(path)
 
 
 def _load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -196,7 +189,7 @@ def _detect(args: argparse.Namespace) -> int:
     bar = tqdm(args.images, desc="detect", unit="image", disable=args.quiet or len(args.images) < 2,
                file=sys.stderr)
     for image in bar:
-        if args.skip_existing and writer.skip(image) is not None:
+        if args.skip_existing and writer.has_result(image):
             skipped += 1
             continue
         try:
