@@ -13,11 +13,23 @@ from pathlib import Path
 SAMPLE_VOLUME = Path(__file__).resolve().parent / "sample_data" / "afids_t1w_2mm.nii.gz"
 
 
-def open_viewer(show: bool = True):
-    """A napari viewer holding the sample and the plugin's widgets (returned, for tests)."""
+#: the window size the dock layout is made for (a laptop screen; issue 12 measured at this size)
+WINDOW_SIZE = (1600, 1000)
+
+
+def open_viewer(show: bool = True, size: tuple[int, int] = WINDOW_SIZE):
+    """A napari viewer holding the sample and the plugin's widgets (returned, for tests).
+
+    Detect and Measurements take the height they need; the landmark table gets the rest.
+    """
     import napari
 
-    viewer = napari.Viewer(show=show)
+    return setup_viewer(napari.Viewer(show=show), size)
+
+
+def setup_viewer(viewer, size: tuple[int, int] = WINDOW_SIZE):
+    """Size the window, open the sample and dock the plugin's widgets in ``viewer``; returns it."""
+    viewer.window.resize(*size)
     viewer.open_sample("napari-dglandmark", "afids_t1w")
     for widget in ("Detect landmarks", "Landmark table", "Measurements"):
         viewer.window.add_plugin_dock_widget("napari-dglandmark", widget)

@@ -33,8 +33,8 @@ SIDECAR_DIR_ENV = "DGLANDMARK_SIDECAR_DIR"
 SIDECAR_VERSION = 1
 #: statuses that mean a person touched the landmark
 EDITED = ("corrected", "added", "verified")
-EXPORT_COLUMNS = ("landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "status",
-                  "image", "model", "model_sha256", "exported_at")
+EXPORT_COLUMNS = ("landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "needs_review",
+                  "status", "placed_by", "image", "model", "model_sha256", "exported_at", "image_warning")
 MEASUREMENT_COLUMNS = ("measurement", "value_mm", "from", "to", "status")
 
 
@@ -288,7 +288,9 @@ def export_rows(landmarks: Landmarks, coords: str = "RAS", geometry: Geometry | 
     extra = {"image": landmarks.image or "", "model": landmarks.model or "", "model_sha256": model_sha256 or "",
              "exported_at": exported_at or _now()}
     rows = landmark_rows(landmarks, coords, geometry, extra)
-    for row in rows:
+    by = list(getattr(landmarks, "placed_by", None) or [""] * len(landmarks))
+    for row, who in zip(rows, by, strict=True):
+        row["placed_by"] = who if landmarks.status[landmarks.index_of(row["landmark"])] != "missing" else ""
         for column in EXPORT_COLUMNS:
             row.setdefault(column, "")
     return rows

@@ -405,8 +405,11 @@ class Corrector:
 
     def export(self, path: str | Path, coords: str = "RAS") -> list[Path]:
         """Landmark CSV, measurements CSV and .mrk.json next to ``path`` (atomic); marks the session exported."""
-        geometry = geometry_from_metadata(self.layer.metadata if self.layer is not None else None)
-        paths = export_all(path, self.session.landmarks, self.protocol, coords, geometry, self.session.model_sha256)
+        meta = self.layer.metadata if self.layer is not None else {}
+        lms = self.session.landmarks.copy()
+        lms.needs_review = review_flags(lms, self.flags)  # what the model flagged travels with the file
+        lms.image_warning = str((meta or {}).get("image_warning") or "")
+        paths = export_all(path, lms, self.protocol, coords, geometry_from_metadata(meta), self.session.model_sha256)
         self.session.mark_exported()
         self.save_now()
         return paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QHeaderView, QSizePolicy, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ..errors import DGLandmarkError
@@ -69,11 +69,22 @@ class MeasurementsWidget(QWidget, LayerFollower):
     def _fit(self) -> None:
         """Exactly as tall as its rows and as wide as its columns: every measurement, nothing clipped."""
         t = self.table
-        height = t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth()
-        height += t.verticalHeader().defaultSectionSize() * max(1, t.rowCount())
+        rows = t.verticalHeader()
+        rows.setDefaultSectionSize(t.fontMetrics().height() + 6)  # the viewer's style sheet sets the font late
+        header = max(t.horizontalHeader().sizeHint().height(), t.horizontalHeader().height())
+        height = header + 2 * t.frameWidth() + rows.defaultSectionSize() * max(1, t.rowCount()) + 2
         width = sum(t.columnWidth(c) for c in range(t.columnCount())) + 2 * t.frameWidth()
         t.setFixedHeight(height)
         t.setMinimumWidth(width)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._fit()
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().changeEvent(event)
+        if event.type() in (QEvent.FontChange, QEvent.StyleChange):
+            self._fit()
 
     def values(self) -> dict[str, str]:
         """Measurement name -> the text shown (for tests and copying)."""

@@ -42,6 +42,7 @@ from ..layers import (
 )
 from . import LayerFollower
 from .correction import SHORTCUTS, Corrector, corrector_for
+from .planes import orientation_labels_for, set_plane, show_three_planes
 
 if TYPE_CHECKING:
     import napari
@@ -54,6 +55,8 @@ HEADER_TIPS = ("Landmark name (hover a name for its description); the swatch is 
                "Model confidence 0-1; empty for a landmark placed by hand",
                "Who placed the current position: model or human",
                "Right (+) in mm", "Anterior (+) in mm", "Superior (+) in mm")
+#: the widest text each column shows (a long AFIDs name, statuses, -100.0 mm): the table's width
+WIDEST = ("superior interpeduncular fossa", "corrected", "checked", "0.00", "human", "-100.0", "-100.0", "-100.0")
 #: the table must show at least this many rows in a 1600x1000 window (issue 12)
 MIN_VISIBLE_ROWS = 12
 BANNER_STYLE = "background-color: #8a5a00; color: white; padding: 4px; font-weight: bold;"
@@ -93,6 +96,10 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setWordWrap(False)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.Fixed)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table.setTextElideMode(Qt.ElideRight)
         rows = self.table.verticalHeader()
         rows.setSectionResizeMode(QHeaderView.Fixed)
         rows.setDefaultSectionSize(self.fontMetrics().height() + 6)
@@ -122,6 +129,19 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         buttons = QHBoxLayout()
         for w in (self.accept_button, self.undo_button, self.next_button, self.export_button, self.coords_combo):
             buttons.addWidget(w)
+        views = QHBoxLayout()
+        views.addWidget(QLabel("View:"))
+        self.plane_buttons: dict[str, QPushButton] = {}
+        for plane in ("axial", "coronal", "sagittal"):
+            button = QPushButton(plane.capitalize())
+            button.setToolTip(f"{plane} slice through the selected landmark (superior up, patient right on the left)")
+            button.clicked.connect(lambda _c=False, _p=plane: self.show_plane(_p))
+            self.plane_buttons[plane] = button
+            views.addWidget(button)
+        self.three_planes_button = QPushButton("3 planes")
+        self.three_planes_button.setToolTip("axial here, coronal and sagittal below, centred on the selected landmark")
+        self.three_planes_button.clicked.connect(lambda: self.show_three_planes())
+        views.addWidget(self.three_planes_button)
         self.shortcuts = QLabel("Keys: N next to review, B back, Y accept, U undo; add mode (P) places "
                                 "the selected landmark.")
         self.shortcuts.setWordWrap(True)
@@ -134,6 +154,7 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         layout.addLayout(top)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
+        layout.addLayout(views)
         layout.addWidget(self.shortcuts)
         layout.addWidget(self.message)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
@@ -144,18 +165,55 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         self.worst_first.toggled.connect(lambda _checked: self.refresh())
         self._follow()
         self._fit_height()
+        self._fit_width()
+        self.letters = orientation_labels_for(self.viewer)
+
+    def _centre(self) -> np.ndarray | None:
+        """World position of the selected landmark (None when none is selected or it is missing)."""
+        name = self.selected_name()
+        if name is None or self.layer is None:
+            return None
+        for i, value in enumerate(self.layer.features["landmark"]):
+            if normalise_name(str(value)) == normalise_name(name):
+                return np.asarray(self.layer.data_to_world(self.layer.data[i]), dtype=float)
+        return None
+
+    def show_plane(self, plane: str) -> None:
+        """The main canvas shows ``plane`` through the selected landmark."""
+        set_plane(self.viewer, plane, self._centre())
+
+    def show_three_planes(self):
+        """Axial in the main canvas, coronal and sagittal below it, centred on the selected landmark."""
+        return show_three_planes(self.viewer, self._centre())
 
     def _fit_height(self) -> None:
         """Ask the dock for room for :data:`MIN_VISIBLE_ROWS` rows (a dock squeezes a table to its header)."""
-        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+        header = max(self.table.horizontalHeader().sizeHint().height(), self.table.horizontalHeader().height())
         rows = self.table.verticalHeader().defaultSectionSize() * MIN_VISIBLE_ROWS
         self.table.setMinimumHeight(header + rows + 2 * self.table.frameWidth() + 4)
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._fit_height()  # the viewer's style sheet (fonts) applies once docked
+        self._fit_width()
+
     def _fit_width(self) -> None:
-        """Every column readable: the table asks for the width of all columns (the dock grows to it)."""
-        width = sum(self.table.columnWidth(c) for c in range(self.table.columnCount()))
+        """Every column readable: the table asks for the widest content any landmark set can have.
+
+        Sized once from templates (not from the current rows), so the dock has its final width at
+        launch; the name column takes what is left and names longer than it show in full on hover.
+        """
+        fm = self.table.fontMetrics()
+        header_fm = self.table.horizontalHeader().fontMetrics()
+        pad = 16  # cell margins
+        widths = [max(fm.horizontalAdvance(t), header_fm.horizontalAdvance(h)) + pad
+                  for t, h in zip(WIDEST, COLUMNS, strict=True)]
+        widths[0] += (self.table.iconSize().width() or 16) + 16  # swatch and its spacing
+        for c, w in enumerate(widths[1:], start=1):
+            self.table.horizontalHeader().resizeSection(c, w)
         scroll = self.table.verticalScrollBar().sizeHint().width()
-        self.table.setMinimumWidth(width + scroll + 2 * self.table.frameWidth() + 2)
+        self.table.setMinimumWidth(sum(widths) + scroll + 2 * self.table.frameWidth() + 2)
 
     def _rebind(self, event=None) -> None:
         LayerFollower._rebind(self, event)
@@ -256,8 +314,6 @@ class LandmarkTableWidget(QWidget, LayerFollower):
                     self.table.item(r, 2).setToolTip("flagged by the model: look at it, then accept (Y) or move it")
                 if selected is not None and normalise_name(name) == normalise_name(selected):
                     self.table.selectRow(r)
-            self.table.resizeColumnsToContents()
-            self._fit_width()
         finally:
             self.table.blockSignals(False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 
 PLUGIN = "napari-dglandmark"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture
@@ -17,6 +19,14 @@ def artifacts() -> Path:
     """Where screenshots go (git-ignored)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def docs_dir(artifacts) -> Path:
+    """Where the README's screenshots go: docs/ with DGLANDMARK_UPDATE_DOCS=1, else the artifacts folder."""
+    if os.environ.get("DGLANDMARK_UPDATE_DOCS") == "1":
+        return DOCS
+    return artifacts
 
 
 @pytest.fixture

@@ -257,6 +257,6 @@ def test_launch_opens_the_sample_with_docked_widgets(qtbot):
         docks = viewer.window._dock_widgets
         for name in ("Detect landmarks", "Landmark table", "Measurements"):
             assert any(name in key for key in docks), list(docks)
-        assert [lay.name for lay in viewer.layers] == ["afids_t1w", "afids_t1w landmarks"]
+        assert [lay.name for lay in viewer.layers if lay.name != "orientation"] == ["afids_t1w", "afids_t1w landmarks"]
     finally:
         viewer.close()
