@@ -187,7 +187,8 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     assert _row(table, "culmen")[1] == "corrected"
     detect.ask = lambda q: "Replace" in q  # restore the sidecar? no; replace? yes
     _detect(detect, qtbot)
-    assert set(layer.features["status"]) == {"predicted"} and len(viewer.layers) == 2
+    assert set(layer.features["status"]) == {"predicted"}
+    assert [lay.name for lay in viewer.layers if lay.name != "orientation"] == ["afids_t1w", layer.name]
 
     # closing a layer with unexported corrections asks (napari cannot veto; the sidecar keeps them)
     layer.data = data
