@@ -51,6 +51,15 @@ class OrientationLabels:
             emitter.connect(self.update)
         self.update()
 
+    def _raise(self) -> None:
+        """On top: an opaque image opened later never hides the letters."""
+        layers = self.viewer.layers
+        if self.layer is not None and self.layer in layers and layers.index(self.layer) != len(layers) - 1:
+            active = layers.selection.active
+            layers.move(layers.index(self.layer), len(layers))
+            if active is not None and active in layers:
+                layers.selection.active = active
+
     def show(self) -> None:
         """Letters on again (after the user removed them)."""
         self.enabled = True
@@ -94,6 +103,10 @@ class OrientationLabels:
                 viewer.layers.selection.active = active  # the letters never take the user's layer
             return
         self.layer.visible = viewer.dims.ndisplay == 2
+        if viewer.layers.index(self.layer) != len(viewer.layers) - 1:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._raise)  # not inside the insertion napari's layer list is handling
         if not np.allclose(self.layer.data, points) or list(self.layer.features["letter"]) != letters:
             self.layer.data = points
             self.layer.features = {"letter": letters}
@@ -249,6 +262,8 @@ class ThreePlanes(QWidget):
 def show_three_planes(viewer: Any, centre: np.ndarray | None = None) -> ThreePlanes:
     """Axial in the main canvas, coronal and sagittal in a dock below it, all at ``centre`` (world)."""
     viewer = unwrap(viewer)
+    set_plane(viewer, "axial")
+    viewer.reset_view()  # the whole slice (and its letters) in view, then centred on the landmark
     set_plane(viewer, "axial", centre)
     window = viewer.window
     existing = window.dock_widgets.get(PLANES_DOCK) if hasattr(window, "dock_widgets") else None

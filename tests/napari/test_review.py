@@ -418,3 +418,28 @@ def test_image_warning_is_a_persistent_banner(make_napari_viewer, qtbot):
     data[0] += 1.0
     layer.data = data  # edits do not dismiss it
     assert table.banner.isVisible()
+
+
+def test_chest_ct_gets_a_persistent_warning_banner(make_napari_viewer, qtbot, shared_data, docs_dir):
+    """The bundled model on a chest CT (not what it was made for): the table says so, above the rows."""
+    from napari_dglandmark.launch import setup_viewer
+
+    viewer = setup_viewer(make_napari_viewer(show=True))
+    qtbot.waitExposed(viewer.window._qt_window)
+    viewer.open(str(shared_data / "slicerio-ct" / "CTChest4.nrrd"), plugin=PLUGIN)
+    detect, table = _dock(viewer, DetectWidget), _dock(viewer, LandmarkTableWidget)
+    assert detect.image_combo.currentText() == "CTChest4"
+    qtbot.waitUntil(lambda: "afids_t1w" not in viewer.layers, timeout=3000)  # the sample left
+    with qtbot.waitSignal(detect.finished, timeout=300_000) as blocker:
+        detect.detect_button.click()
+    qtbot.waitUntil(lambda: detect.worker is None, timeout=60_000)
+    layer = blocker.args[0]
+    assert layer is not None and table.layer is layer
+    qtbot.waitUntil(lambda: viewer.layers[-1].name == ORIENTATION_NAME, timeout=3000)  # letters above the scan
+    warning = layer.metadata["image_warning"]
+    assert warning and table.banner.isVisible() and warning in table.banner.text()
+    table.select_landmark(table.row_names()[0])
+    layer.selected_data = set()
+    viewer.reset_view()
+    qtbot.wait(100)
+    viewer.screenshot(str(docs_dir / "napari_chest_ct_warning.png"), canvas_only=False)
