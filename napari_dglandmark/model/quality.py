@@ -47,7 +47,11 @@ PLAUSIBILITY_SIGMA = 3.0  # spreads: the plausibility weight of an answer is exp
 TTA_GAMMA = 0.7  # gamma of the test-time copy of the image
 TTA_SHIFT_MM = 2.5  # the test-time fine pass starts this far from the answer
 TTA_SIGMA_MM = 2.0  # agreement exp(-0.5 (d / sigma)^2)
-REVIEW_BELOW = 0.25  # needs_review when the calibrated confidence is below this
+PLAUSIBLE_MM = 3.0  # residuals up to this many mm cost nothing ...
+PLAUSIBLE_SCALE_MM = 4.0  # ... beyond, exp(-0.5 (excess / max(this, spread))^2)
+FIT_MEDIAN_OK = 1.0  # median residual (spreads) of a good detection: ~0.2-0.9 on real brain MRIs
+FIT_MEDIAN_SCALE = 0.7
+REVIEW_BELOW = 0.4  # needs_review when the calibrated confidence is below this
 REVIEW_RESIDUAL = 4.0  # ... or the plausibility residual is above this many spreads
 
 # ----------------------------------------------------------------------------- image-level settings
@@ -57,7 +61,8 @@ MAX_SLICE_MM = 6.0  # thicker slices cannot resolve the landmarks
 LOW_RES_MM = 2.0  # two or more axes this coarse: diffusion / functional-like resolution
 THIN_MARGIN_MM = 30.0  # the image must be at least the landmarks' smallest extent + this along every axis
 BODY_FOV_MM = 350.0  # two axes longer than this: a body, not a head
-MIN_BACKGROUND = 0.10  # fraction of dark voxels every head scan has around the head
+MIN_BACKGROUND = 0.25  # dark voxels around the head: real head MRIs 0.47-0.91, uniform noise 0.10
+MAX_CLIPPED = 0.03  # share of the head at exactly the maximum value: real MRIs < 0.001 (bone in a CT window)
 HOLLOW_RADIUS_MM = 35.0  # ball around the head centre that holds brain in every head MRI
 MAX_HOLLOW = 0.15  # real brain MRIs: <= 0.05 of that ball as dark as the background; a bone-window CT 0.26
 SCALE_RANGE = (0.7, 1.4)  # similarity scale of the reference onto the landmarks (adult brains 0.79-1.01)
@@ -148,11 +153,24 @@ def test_time_distance(detector: Detector, state: DetectionState, pos: np.ndarra
     return np.linalg.norm(again - pos, axis=1)
 
 
-def calibrated_confidence(sharpness: np.ndarray, tta_mm: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """Confidence in [0, 1]: heatmap sharpness x agreement under test-time variation x plausibility."""
-    agreement = np.exp(-0.5 * (np.asarray(tta_mm) / TTA_SIGMA_MM) ** 2)
-    plausible = np.exp(-0.5 * (np.maximum(np.asarray(residual) - 1.0, 0) / PLAUSIBILITY_SIGMA) ** 2)
-    return np.clip(np.sqrt(np.clip(sharpness, 0, 1)) * agreement * plausible, 0, 1)
+def calibrated_confidence(sharpness: np.ndarray, tta_mm: np.ndarray, residual: np.ndarray,
+                          residual_mm: np.ndarray | None = None, spread: np.ndarray | None = None) -> np.ndarray:
+    """Confidence in [0, 1]: heatmap sharpness x agreement under test-time variation x plausibility.
+
+    Plausibility has three parts: the residual in units of real people's spread, the residual in
+    mm (beyond :data:`PLAUSIBLE_MM`, on the scale of the larger of :data:`PLAUSIBLE_SCALE_MM` and the
+    spread), and how well the configuration as a whole fits (the median residual: when many
+    landmarks are off, none of them can be trusted much).
+    """
+    residual = np.asarray(residual, float)
+    agreement = np.exp(-0.5 * (np.asarray(tta_mm, float) / TTA_SIGMA_MM) ** 2)
+    plausible = np.exp(-0.5 * (np.maximum(residual - 1.0, 0) / PLAUSIBILITY_SIGMA) ** 2)
+    if residual_mm is not None:
+        scale = np.maximum(PLAUSIBLE_SCALE_MM, np.ones_like(residual) if spread is None else spread)
+        plausible = plausible * np.exp(-0.5 * (np.maximum(np.asarray(residual_mm) - PLAUSIBLE_MM, 0) / scale) ** 2)
+    fit = float(np.median(residual)) if residual.size else 0.0
+    whole = np.exp(-0.5 * (max(0.0, fit - FIT_MEDIAN_OK) / FIT_MEDIAN_SCALE) ** 2)
+    return np.clip(np.sqrt(np.clip(sharpness, 0, 1)) * agreement * plausible * whole, 0, 1)
 
 
 # ----------------------------------------------------------------------------- the image
@@ -202,6 +220,11 @@ def image_statistics_warning(volume: Volume, source: Source | None = None, shape
         if dark < MIN_BACKGROUND:
             return (f"no dark background around a head (only {100 * dark:.0f} % dark voxels): "
                     "noise, or not a head image")
+        bright = sample[sample > lo + 0.1 * (hi - lo)]
+        clipped = float(np.mean(bright == sample.max())) if bright.size else 0.0
+        if clipped > MAX_CLIPPED:
+            return (f"{100 * clipped:.0f} % of the head is clipped at the brightest value "
+                    "(a windowed CT's bone?): the model is for MRI")
     if source is not None:
         hollow = hollow_fraction(source)
         if hollow > MAX_HOLLOW:
@@ -240,13 +263,15 @@ def assess(detector: Detector, volume: Volume, state: DetectionState) -> Assessm
         _, residual, res_mm, scale = plausibility(shape, pos)
     sharpness = np.sqrt(state.coarse_confidence * fine)
     tta = test_time_distance(detector, state, pos)
-    confidence = calibrated_confidence(sharpness, tta, residual)
+    confidence = calibrated_confidence(sharpness, tta, residual, res_mm, None if shape is None else shape.spread)
     warning = image_statistics_warning(volume, state.source, shape) or detection_warning(sharpness, residual, scale,
                                                                            shape is not None)
     flags = (confidence < REVIEW_BELOW) | (residual > REVIEW_RESIDUAL)
     if warning:
         flags[:] = True
-    return Assessment(pos, sharpness, tta, residual, res_mm, kept, confidence, flags, warning, scale)
+    details = {"coarse_confidence": state.coarse_confidence, "fine_confidence": fine,
+               "coarse_to_fine_mm": np.linalg.norm(pos - state.coarse_positions, axis=1)}
+    return Assessment(pos, sharpness, tta, residual, res_mm, kept, confidence, flags, warning, scale, details)
 
 
 def review(detector: Detector, volume: Volume, state: DetectionState) -> Landmarks:
