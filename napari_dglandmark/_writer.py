@@ -7,12 +7,18 @@ from typing import Any
 from .errors import DGLandmarkError
 from .io import write_landmarks
 from .io.landmarks import Landmarks
-from .layers import geometry_from_metadata, landmarks_from_points, protocol_of
+from .layers import geometry_from_metadata, landmarks_from_points, protocol_of, review_flags
 from .session import export_landmarks_csv, export_measurements_csv, measurement_triples
 
 
 def _landmarks(data: Any, attributes: dict) -> Landmarks:
-    return landmarks_from_points(data, attributes.get("features"), attributes.get("metadata"))
+    """The layer's landmarks with what the model flagged and the image warning (kept in its metadata)."""
+    meta = attributes.get("metadata") or {}
+    landmarks = landmarks_from_points(data, attributes.get("features"), meta)
+    if meta.get("needs_review"):
+        landmarks.needs_review = review_flags(landmarks, meta["needs_review"])
+    landmarks.image_warning = str(meta.get("image_warning") or "")
+    return landmarks
 
 
 def _fail(path: str, exc: Exception) -> DGLandmarkError:

@@ -443,3 +443,15 @@ def test_chest_ct_gets_a_persistent_warning_banner(make_napari_viewer, qtbot, sh
     viewer.reset_view()
     qtbot.wait(100)
     viewer.screenshot(str(docs_dir / "napari_chest_ct_warning.png"), canvas_only=False)
+
+
+def test_file_save_keeps_the_review_flags_and_who_placed_each_landmark(tmp_path):
+    from napari_dglandmark._writer import write_points
+
+    data, kwargs, _ = points_layer_data(_prediction(), "afids32", name=PREDICTION)
+    out = tmp_path / "saved.csv"
+    write_points(str(out), data, kwargs)
+    with open(out, newline="") as fh:
+        rows = {r["landmark"]: r for r in csv.DictReader(fh)}
+    assert rows["AC"]["needs_review"] == "1" and rows["PC"]["needs_review"] == "0"
+    assert rows["AC"]["placed_by"] == "model" and rows["AC"]["confidence"] == "0.3"
