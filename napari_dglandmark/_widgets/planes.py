@@ -280,6 +280,11 @@ def show_three_planes(viewer: Any, centre: np.ndarray | None = None) -> ThreePla
             main_window.setCorner(Qt.BottomRightCorner, Qt.RightDockWidgetArea)
             main_window.setCorner(Qt.BottomLeftCorner, Qt.LeftDockWidgetArea)
             main_window.resizeDocks([dock], [int(main_window.height() * 0.4)], Qt.Vertical)
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()  # let the canvas take its new (shorter) size before fitting the slice
+        viewer.reset_view()
+        set_plane(viewer, "axial", centre)
     for view in widget.views.values():
         view.sync_layers()
         view.follow()
