@@ -73,10 +73,10 @@ def test_planted_implausible_landmark_is_flagged_and_relocalised(detector, templ
 
 def test_sides_survive_relocalisation(detector, template, monkeypatch):
     """A right landmark planted onto the left side comes back to the right."""
-    r, left = detector.names.index("R MB"), detector.names.index("L MB")
+    r, left = detector.names.index("R LV at AC"), detector.names.index("L LV at AC")
     clean = detector.detect(template)
     offset = clean.positions[left] - clean.positions[r]
-    moved = _detect_with_planted(detector, template, monkeypatch, "R MB", offset)
+    moved = _detect_with_planted(detector, template, monkeypatch, "R LV at AC", offset)
     assert np.linalg.norm(moved.positions[r] - clean.positions[r]) < 1.5
     assert np.linalg.norm(moved.positions[left] - clean.positions[left]) < 1.5
 
