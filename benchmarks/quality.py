@@ -273,7 +273,11 @@ def markdown(result: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     lines = [f"Model `{Path(result['model']).name}` (sha256 {result['sha256'][:12]}), {result['split']} subjects, "
              f"{result['date']}; canonical frame {'on' if result['canonical_frame'] else 'off (no reference_lps)'}; "
-             f"median detection CPU time {result['detect_cpu_seconds_median']:.2f} s.", "",
+             f"median detection CPU time {result['detect_cpu_seconds_median']:.2f} s.",
+             f"Rerun: `nice -n 10 python benchmarks/quality.py --model {Path(result['model']).name}`. Thresholds "
+             "(`napari_dglandmark/model/quality.py`) were tuned on `--split train` cases (other poses, training "
+             "subjects); hard cases below use other poses and the held-out subjects (an earlier run had shown "
+             "results on 5 of these subjects before the last tuning step).", "",
              "| cases | landmarks | > 5 mm | flagged of > 5 mm (target >= 95 %) | within 2 mm | flagged of "
              "within 2 mm (target <= 10 %) | AUROC confidence, > 4 mm | AUROC heatmap sharpness alone | MRE (mm) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
