@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=10.0, help="time budget (default 10)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--coarse-steps", type=int, help="at most this many coarse steps (default 40)")
-    p.add_argument("--fine-steps", type=int, help="at most this many fine steps (default 400)")
+    p.add_argument("--coarse-steps", type=int, help="at most this many coarse steps (default 20)")
+    p.add_argument("--fine-steps", type=int, help="at most this many fine steps (default 600)")
     p.set_defaults(func=_adapt)
     return parser
 

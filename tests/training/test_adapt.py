@@ -98,7 +98,10 @@ def test_training_changes_the_weights(tmp_path, tiny_model_path):
     before, _ = load_checkpoint(tiny_model_path)
     after, _ = load_checkpoint(out)
     moved = [k for k, v in after.state_dict().items() if not np.allclose(v.numpy(), before.state_dict()[k].numpy())]
-    assert any(k.startswith("fine.") for k in moved) and any(k.startswith("coarse.") for k in moved)
+    assert any(k.startswith("fine.") for k in moved)
+    # coarse steps are kept only when they did not make the check worse (else the base coarse network stays)
+    kept = read_metadata(out)["adaptation"]["coarse_stage_kept"]
+    assert isinstance(kept, bool) and any(k.startswith("coarse.") for k in moved) == kept
 
 
 def test_progress_and_cancel(tmp_path, tiny_model_path):
@@ -182,3 +185,19 @@ def test_check_cases_needs_something_to_learn(tiny_model_path):
         check_cases([AdaptCase("a", vol, Landmarks(names[:2], np.full((2, 3), np.nan)))], names)
     with pytest.raises(DGLandmarkError, match="no cases"):
         check_cases([], names)
+
+
+def test_a_coarse_stage_that_hurts_is_reverted(tmp_path, tiny_model_path, monkeypatch):
+    import training.adapt as A
+
+    errors = iter([2.0, 9.0, 1.5, 1.5, 1.5, 1.5])  # before, after the coarse stage, then the fine checks
+    monkeypatch.setattr(A, "_mre", lambda detector, case, truth: next(errors))
+    out = tmp_path / "a.safetensors"
+    result = adapt(tiny_model_path, cases_from_dataset(make_site(tmp_path / "site", 1)), out,
+                   AdaptOptions(coarse_steps=2, fine_steps=3, device="cpu"))
+    assert result.metadata["coarse_stage_kept"] is False and result.steps["coarse"] == 2
+    before, _ = load_checkpoint(tiny_model_path)
+    after, _ = load_checkpoint(out)
+    for k, v in after.state_dict().items():
+        if k.startswith("coarse."):
+            np.testing.assert_array_equal(v.numpy(), before.state_dict()[k].numpy())
