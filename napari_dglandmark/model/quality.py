@@ -51,7 +51,7 @@ PLAUSIBLE_MM = 3.0  # residuals up to this many mm cost nothing ...
 PLAUSIBLE_SCALE_MM = 4.0  # ... beyond, exp(-0.5 (excess / max(this, spread))^2)
 FIT_MEDIAN_OK = 1.0  # median residual (spreads) of a good detection: ~0.2-0.9 on real brain MRIs
 FIT_MEDIAN_SCALE = 0.7
-REVIEW_BELOW = 0.4  # needs_review when the calibrated confidence is below this
+REVIEW_BELOW = 0.6  # needs_review below this confidence (train split: ~5 % of landmarks within 2 mm flagged)
 REVIEW_RESIDUAL = 4.0  # ... or the plausibility residual is above this many spreads
 
 # ----------------------------------------------------------------------------- image-level settings
