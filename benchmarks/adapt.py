@@ -148,18 +148,28 @@ def stroke(base: str | Path, data: Path, work: Path, options: AdaptOptions) -> d
 
 
 def table(results: dict) -> str:
-    rows = ["| model | site MRE (10 held-out, FLAIR-like) | median case | worst case | T1w template | "
+    n = len(results["evaluation_subjects"])
+    rows = [f"| model | site MRE ({n} held-out, {CONTRAST}) | median case | worst case | T1w template | "
             "T1w, same anatomy | adapt time | steps (coarse+fine) | held-back error |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         a = r.get("adaptation")
         held = (f"{a['error_mm']['before']:.2f} -> {a['error_mm']['after']:.2f} mm"
                 if a and a["error_mm"]["held_back"] else "-")
+        minutes = f"{a['seconds'] / 60:.1f} min" if a else "-"
+        steps = f"{a['steps']['coarse']} + {a['steps']['fine']}" if a else "-"
         rows.append(f"| {name} | {r['site_flair']['mre_mm']:.2f} mm | {r['site_flair']['median_case_mm']:.2f} | "
                     f"{r['site_flair']['max_case_mm']:.2f} | {r['original_t1w_template']:.2f} mm | "
                     f"{r['original_t1w_eval_anatomy']['mre_mm']:.2f} mm | "
-                    f"{(a['seconds'] / 60) if a else 0:.1f} min | "
-                    f"{(a['steps']['coarse'], a['steps']['fine']) if a else '-'} | {held} |")
+                    f"{minutes} | {steps} | {held} |")
+    st = results.get("stroke_t1_t2")
+    if st:
+        d = st["t1_t2_disagreement_mm"]
+        rows += ["", "| stroke T1/T2 (adapted on the T1, its own detections as truth) | before | after |",
+                 "|---|---|---|",
+                 f"| mean T1-T2 disagreement | {d['before']:.2f} mm | {d['after']:.2f} mm |",
+                 f"| worst landmark | {d['before_max']:.1f} mm | {d['after_max']:.1f} mm |",
+                 f"| T1 answer moved / T2 answer moved | - | {st['t1_moved_mm']:.2f} / {st['t2_moved_mm']:.2f} mm |"]
     return "\n".join(rows) + "\n"
 
 
@@ -174,10 +184,10 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-stroke", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="2 evaluation cases, sizes 1 and 3, 1-minute budget")
+    ap.add_argument("--quick", action="store_true", help="2 evaluation cases, sizes 1 and 3, 2-minute budget")
     args = ap.parse_args()
     if args.quick:
-        args.eval, args.sizes, args.max_minutes = 2, [1, 3], 1.0
+        args.eval, args.sizes, args.max_minutes = 2, [1, 3], 2.0
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
