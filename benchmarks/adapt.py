@@ -244,7 +244,8 @@ def main() -> int:
         log(f"adapted on {k}: site MRE {r['site_flair']['mre_mm']:.2f} mm, template {r['original_t1w_template']:.2f}")
     if not args.no_stroke:
         log("stroke T1/T2")
-        results["stroke_t1_t2"] = stroke(base, data, work, options)
+        results["stroke_t1_t2"] = stroke(base, data, work, AdaptOptions(max_minutes=min(args.max_minutes, 5.0),
+                                                                          device="cpu"))
         save()
     results["seconds"] = round(time.time() - start)
     save()
