@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -209,7 +210,8 @@ def main() -> int:
         "evaluation_subjects": [c["subject"] for c in cases["eval"]],
         "adaptation_subjects": [c["subject"] for c in cases["adapt"]],
         "options": {"max_minutes": args.max_minutes, "threads": args.threads, "device": "cpu"},
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__, "load_average_at_start": os.getloadavg()},
         "models": {},
     }
     try:
@@ -248,6 +250,7 @@ def main() -> int:
                                                                           device="cpu"))
         save()
     results["seconds"] = round(time.time() - start)
+    results["machine"]["load_average_at_end"] = os.getloadavg()  # other work on the machine slows every timing
     save()
     shutil.rmtree(work, ignore_errors=True)
     log(f"done in {results['seconds']} s: {out}")
