@@ -65,6 +65,10 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stages", default="coarse,fine",
+                    help="robust stage: which networks to train (the two are independent: run them in parallel)")
+    ap.add_argument("--run-dir", help="folder for the resume state and metrics of each network (then --resume works)")
+    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -90,7 +94,7 @@ def main() -> int:
                               "finetune": "AFIDs ground truth on the MNI152NLin2009cAsym T1w template"}}
     else:
         recipe = robust_recipe(args)
-        trainer = DetectorTrainer(recipe, protocol.names, log=log)
+        trainer = DetectorTrainer(recipe, protocol.names, log=log, run_dir=args.run_dir, resume=args.resume)
         init_meta = {}
         if args.init:
             network, init_meta = load_checkpoint(args.init, device="cpu")
@@ -101,9 +105,12 @@ def main() -> int:
         log({"tissue_voxels": np.bincount(labels.ravel()).tolist(), "train_subjects": len(train),
              "held_out_subjects": [s.name for s in held]})
         case = realistic_case(t1w, truth, protocol.names, recipe.pipeline, labels, shapes)
-        trainer.finetune([case], stages=("coarse",))
-        save(trainer, args, protocol, start, {"stage_done": "coarse"}, args.out + ".coarse-only")
-        trainer.finetune([case], stages=("fine",))
+        stages = args.stages.split(",")
+        if "coarse" in stages:
+            trainer.finetune([case], stages=("coarse",))
+            save(trainer, args, protocol, start, {"stage_done": "coarse"}, args.out + ".coarse-only")
+        if "fine" in stages:
+            trainer.finetune([case], stages=("fine",))
         described = {
             "method": "BaPDG pre-training + two-stage fine-tuning (template stage), then robust fine-tuning: "
                       "poses up to 55 deg, TPS warps to real people's AFIDs, synthetic MR contrasts from a "

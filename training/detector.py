@@ -10,8 +10,7 @@ original volumes, so images, masks and landmarks always move together.
 from __future__ import annotations
 
 import json
-import math
-import time
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,10 @@ from napari_dglandmark.model.pipeline import (
 )
 from napari_dglandmark.model.resample import grid_points, resample, sample_at
 
+from . import ddp
 from .augment import AugmentConfig, apply_intensity
+from .config import TrainConfig
+from .loop import RESUME_JSON, Task, init_from_checkpoint, train
 from .losses import logcosh, mixing_loss, mse
 from .shapes import ThinPlateSpline, blend_shape, landmark_warp
 from .synth import (
@@ -91,6 +93,7 @@ class DetectorRecipe:
     p_skull_strip: float = 0.15
     val_every: int = 250
     log_every: int = 25
+    checkpoint_every: int = 250  # resume state of the running stage
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -111,12 +114,38 @@ class Case:
     shapes: list[np.ndarray] = field(default_factory=list)  # real configurations in this case's frame
 
 
+STAGES = ("pretrain-coarse", "pretrain-fine", "coarse", "fine")
+
+
+class StageTask(Task):
+    """One stage of the two-stage detector as a task of the one loop: batches from the trainer's
+    samplers (drawn with the loop's own RNGs, so a resumed stage takes the same steps)."""
+
+    def __init__(self, trainer: DetectorTrainer, batch_fn, loss_fn, validate_fn=None) -> None:
+        self.trainer, self.batch_fn, self.loss_fn, self.validate_fn = trainer, batch_fn, loss_fn, validate_fn
+
+    def batch(self, rng, gen, size, step):
+        self.trainer.rng, self.trainer.gen = rng, gen
+        return self.batch_fn(size)
+
+    def loss(self, pred, target, step):
+        return self.loss_fn(pred, target, step)
+
+    def validate(self, network, device):
+        return None if self.validate_fn is None else self.validate_fn()
+
+
 class DetectorTrainer:
     """Trains a TwoStageDetector on landmark cases (and optionally pre-trains on segmentations)."""
 
     def __init__(self, recipe: DetectorRecipe, landmark_names: Sequence[str], log: Log | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", run_dir: str | Path | None = None, resume: bool = False,
+                 info: ddp.DistInfo | None = None, progress: bool = False) -> None:
         self.recipe = recipe
+        self._tmp = None if run_dir is not None else tempfile.TemporaryDirectory(prefix="dglandmark-")
+        self.run_dir = Path(run_dir if run_dir is not None else self._tmp.name)
+        self.resume, self.progress = resume, progress
+        self.info = info or ddp.DistInfo()
         self.names = list(landmark_names)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(recipe.seed)
@@ -239,10 +268,10 @@ class DetectorTrainer:
             return x, torch.cat(targets)
         return x, torch.as_tensor(np.stack(points), dtype=torch.float32)
 
-    def fine_batch(self, cases: Sequence[Case], with_boundary: bool = False):
+    def fine_batch(self, cases: Sequence[Case], with_boundary: bool = False, count: int | None = None):
         r, cfg = self.recipe, self.recipe.pipeline
         images, targets, points, channels = [], [], [], []
-        for _ in range(r.batch_fine):
+        for _ in range(count or r.batch_fine):
             case = cases[self.rng.integers(len(cases))]
             if not with_boundary and self._realistic(case):
                 image, idx, k = self._realistic_fine_item(case)
@@ -288,51 +317,46 @@ class DetectorTrainer:
         return (ce * valid).sum() / valid.sum().clamp_min(1)
 
     # ------------------------------------------------------------------ stages
-    def _optimiser(self, module: torch.nn.Module, steps: int):
-        """AdamW with a linear warm-up (10 %) and cosine decay; valid for any number of steps."""
-        opt = torch.optim.AdamW(module.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
-        warm = max(1, steps // 10)
+    def _stage_config(self, steps: int, batch: int, stage_index: int) -> TrainConfig:
+        """The one loop's settings for a stage: AdamW, 10 % warm-up then cosine, clipping at 5."""
+        r = self.recipe
+        return TrainConfig(optimizer="adamw", lr=r.lr, weight_decay=r.weight_decay, schedule="cosine",
+                           warmup_steps=max(1, steps // 10), max_steps=steps, batch_size=batch, grad_clip=5.0,
+                           val_every=r.val_every, log_every=r.log_every, checkpoint_every=r.checkpoint_every,
+                           seed=r.seed + 1000 * stage_index)
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+    def _loop(self, stage: str, steps: int, module: torch.nn.Module, task: Task, batch: int) -> None:
+        """Train one network of the pair with the one training loop (``training.loop.train``).
 
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    def _loop(self, stage: str, steps: int, module: torch.nn.Module, step_fn, validate=None) -> None:
+        Each stage has its own folder under ``run_dir`` (resume state, metrics.csv, best and final
+        weights); with ``resume`` a finished stage is loaded and skipped, an unfinished one continues.
+        """
         if steps <= 0:
             return
-        opt, sched = self._optimiser(module, steps)
-        module.train()
-        best, best_state, t0, running = math.inf, None, time.time(), []
-        for step in range(1, steps + 1):
-            loss = step_fn(step, steps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            running.append(float(loss.detach()))
-            row = None
-            if step % self.recipe.log_every == 0 or step == steps:
-                row = {"stage": stage, "step": step, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
-                       "seconds": round(time.time() - t0, 1)}
-                running = []
-            if validate is not None and (step % self.recipe.val_every == 0 or step == steps):
-                module.eval()
-                mre = validate()
-                module.train()
-                row = row or {"stage": stage, "step": step}
-                row["val_mre_mm"] = mre
-                if mre < best:
-                    best = mre
-                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            if row:
-                self.history.append(row)
-                self.log(row)
-        if best_state is not None:
-            module.load_state_dict(best_state)
+        index = STAGES.index(stage)
+        stage_dir = self.run_dir / stage
+        final = stage_dir / "model.safetensors"
+        if self.resume and final.is_file():
+            init_from_checkpoint(module, final)
+            module.eval()
+            return
+        resume = self.resume and (stage_dir / RESUME_JSON).is_file()
+
+        def on_row(row: dict) -> None:
+            entry = {"stage": stage, "step": int(row["step"])}
+            for key in ("loss", "lr", "val_mre_mm"):
+                if row.get(key) not in (None, ""):
+                    entry[key] = float(row[key])
+            entry["seconds"] = row.get("seconds")
+            self.history.append(entry)
+            self.log(entry)
+
+        train(module, task, self._stage_config(steps, batch, index), stage_dir, self.device,
+              metadata={"stage": stage}, resume=resume, info=self.info, progress=self.progress, on_row=on_row)
+        if final.is_file():  # the best weights by validation (else the last), as the loop selected them
+            init_from_checkpoint(module, final)
+        if self.info.enabled:
+            ddp.barrier(self.info)
         module.eval()
 
     def _pretrain_loss(self, pred: torch.Tensor, target: torch.Tensor, step: int, total: int) -> torch.Tensor:
@@ -357,16 +381,21 @@ class DetectorTrainer:
         r = self.recipe
         net = self.network
 
-        def coarse_step(step: int, total: int) -> torch.Tensor:
-            x, t = self.coarse_batch(seg_cases, with_boundary=True)
-            return self._pretrain_loss(net.coarse(self._pretrain_input(x).to(self.device)), t, step, total)
+        def coarse_batch(size: int):
+            x, t = self.coarse_batch(seg_cases, with_boundary=True, count=size)
+            return self._pretrain_input(x), t
 
-        def fine_step(step: int, total: int) -> torch.Tensor:
-            x, t = self.fine_batch(seg_cases, with_boundary=True)
-            return self._pretrain_loss(net.fine(self._pretrain_input(x).to(self.device)), t, step, total)
+        def fine_batch(size: int):
+            x, t = self.fine_batch(seg_cases, with_boundary=True, count=size)
+            return self._pretrain_input(x), t
 
-        self._loop("pretrain-coarse", r.pretrain_coarse_steps, net.coarse, coarse_step)
-        self._loop("pretrain-fine", r.pretrain_fine_steps, net.fine, fine_step)
+        def loss(total: int):
+            return lambda pred, target, step: self._pretrain_loss(pred, target, step + 1, total)
+
+        self._loop("pretrain-coarse", r.pretrain_coarse_steps, net.coarse,
+                   StageTask(self, coarse_batch, loss(r.pretrain_coarse_steps)), r.batch_coarse)
+        self._loop("pretrain-fine", r.pretrain_fine_steps, net.fine,
+                   StageTask(self, fine_batch, loss(r.pretrain_fine_steps)), r.batch_fine)
 
     def _validation_set(self, cases: Sequence[Case], count: int = 4, seed: int = 12345):
         rng_state = self.rng
@@ -385,9 +414,11 @@ class DetectorTrainer:
         val_coarse, val_fine = self._validation_set(cases)
         spacing_c, spacing_f = r.pipeline.coarse_spacing, r.pipeline.fine_spacing
 
-        def coarse_step(step: int, total: int) -> torch.Tensor:
-            x, pts = self.coarse_batch(cases)
-            return self.softmax_ce(net.coarse(x.to(self.device)), pts.to(self.device), r.sigma_coarse_vox)
+        def coarse_batch(size: int):
+            return self.coarse_batch(cases, count=size)
+
+        def coarse_loss(pred: torch.Tensor, points: torch.Tensor, step: int) -> torch.Tensor:
+            return self.softmax_ce(pred, points, r.sigma_coarse_vox)
 
         def coarse_val() -> float:
             errs = []
@@ -399,11 +430,14 @@ class DetectorTrainer:
             e = torch.cat(errs)
             return float(e[torch.isfinite(e)].mean())
 
-        def fine_step(step: int, total: int) -> torch.Tensor:
-            x, pts, ch = self.fine_batch(cases)
-            out = net.fine(x.to(self.device))
-            own = out[torch.arange(len(ch)), ch][:, None]
-            return self.softmax_ce(own, pts[:, None].to(self.device), r.sigma_fine_vox)
+        def fine_batch(size: int):
+            x, pts, ch = self.fine_batch(cases, count=size)
+            return x, torch.cat([pts, ch[:, None].float()], 1)  # target: (i, j, k, channel)
+
+        def fine_loss(pred: torch.Tensor, target: torch.Tensor, step: int) -> torch.Tensor:
+            ch = target[:, 3].long()
+            own = pred[torch.arange(len(ch), device=pred.device), ch][:, None]  # patch k is read on channel k
+            return self.softmax_ce(own, target[:, None, :3], r.sigma_fine_vox)
 
         def fine_val() -> float:
             errs = []
@@ -416,9 +450,10 @@ class DetectorTrainer:
             return float(torch.cat(errs).mean())
 
         if "coarse" in stages:
-            self._loop("coarse", r.coarse_steps, net.coarse, coarse_step, coarse_val)
+            self._loop("coarse", r.coarse_steps, net.coarse, StageTask(self, coarse_batch, coarse_loss, coarse_val),
+                       r.batch_coarse)
         if "fine" in stages:
-            self._loop("fine", r.fine_steps, net.fine, fine_step, fine_val)
+            self._loop("fine", r.fine_steps, net.fine, StageTask(self, fine_batch, fine_loss, fine_val), r.batch_fine)
 
     def save(self, path: str | Path, metadata: dict) -> None:
         meta = {"pipeline": self.recipe.pipeline.to_dict(), "landmark_names": self.names,

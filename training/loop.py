@@ -319,13 +319,14 @@ def init_from_checkpoint(network: nn.Module, path: str | Path) -> tuple[int, int
 
 def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, device: torch.device,
           metadata: dict | None = None, resume: bool = False, info: ddp.DistInfo | None = None,
-          stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None
-          ) -> TrainResult:
+          stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+          on_row: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``network`` on ``task`` for ``cfg.max_steps`` steps (``stop_after``: quit early, as if killed).
 
     Writes into ``run_dir``: resume state, ``metrics.csv``, ``best.safetensors`` (by validation
     MRE) and, when the run completes, ``model.safetensors`` (the best, else the last weights).
-    The caller seeds torch before building ``network`` (see ``seed_everything``).
+    The caller seeds torch before building ``network`` (see ``seed_everything``). ``on_row``
+    receives every metrics row (step, loss, lr, seconds, val_mre_mm) as it is logged.
     """
     from tqdm.auto import tqdm
 
@@ -404,6 +405,8 @@ def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
         if row and main:
             metrics.add(row)
             log(" ".join(f"{k}={v}" for k, v in row.items()))
+            if on_row is not None:
+                on_row(row)
         if done % cfg.checkpoint_every == 0 or done == end:
             if main:
                 save_resume_state(run, network, optimizer, scaler, rng, gen, done,

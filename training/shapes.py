@@ -91,8 +91,10 @@ class ThinPlateSpline:
         """Map points [..., 3] (float32 tensor or array)."""
         pts = torch.as_tensor(points, dtype=torch.float32)
         flat = pts.reshape(-1, 3)
-        r = torch.cdist(flat, self.ctrl)
-        out = r @ self.w + self.affine[0] + flat @ self.affine[1:]
+        out = torch.empty_like(flat)
+        for a in range(0, len(flat), 500_000):  # chunks keep the distance matrix small
+            chunk = flat[a:a + 500_000]
+            out[a:a + 500_000] = torch.cdist(chunk, self.ctrl) @ self.w + self.affine[0] + chunk @ self.affine[1:]
         return out.reshape(pts.shape)
 
 
