@@ -274,7 +274,8 @@ def markdown(result: dict) -> str:
     lines = [f"Model `{Path(result['model']).name}` (sha256 {result['sha256'][:12]}), {result['split']} subjects, "
              f"{result['date']}; canonical frame {'on' if result['canonical_frame'] else 'off (no reference_lps)'}; "
              f"median detection CPU time {result['detect_cpu_seconds_median']:.2f} s.",
-             f"Rerun: `nice -n 10 python benchmarks/quality.py --model {Path(result['model']).name}`. Thresholds "
+             f"Rerun: `nice -n 10 python benchmarks/quality.py --model {Path(result['model']).name.split('.')[0]}` "
+             "(a bundled name or a .safetensors path). Thresholds "
              "(`napari_dglandmark/model/quality.py`) were tuned on `--split train` cases (other poses, training "
              "subjects); hard cases below use other poses and the held-out subjects (an earlier run had shown "
              "results on 5 of these subjects before the last tuning step).", "",
