@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import site
 import stat
 import subprocess
 import sys
@@ -303,6 +304,12 @@ def test_module_written_from_a_virtual_environment_runs_its_python(tmp_path: Pat
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
                    check=True, timeout=120)
     python = venv / "bin" / "python"
+    # --system-site-packages exposes the *base* interpreter's packages; when the tests themselves run
+    # in a venv (as CI does), the outer venv's site-packages must be added explicitly.
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(purelib, "_outer_env.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages()))
     done = subprocess.run([str(python), "-m", "napari_dglandmark.cli", "slicer-module", str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

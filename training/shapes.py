@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_dglandmark.io import read_landmarks
 from napari_dglandmark.model.shape import ShapeModel, fit_similarity, robust_similarity
 
 HELD_OUT_EVERY = 6  # every 6th subject of each cohort (sorted) is never used in training
@@ -27,13 +26,36 @@ class Subject:
 
 
 def read_subjects(root: Path, names: list[str]) -> list[Subject]:
-    """Ground-truth AFIDs of every subject under ``root`` (afids-shapes), matched by name."""
+    """Ground-truth AFIDs of every subject under ``root`` (afids-shapes), rows matched by the AFID
+    number in the fcsv ``label`` column (names differ between cohorts, e.g. OASIS "splenium")."""
     subjects = []
     for cohort in ("hcp", "oasis"):
         for path in sorted((root / cohort / "afids_groundtruth").glob("sub-*/anat/*_afids.fcsv")):
-            pos = read_landmarks(path).reordered(names, strict=False).positions
-            subjects.append(Subject(f"{cohort}/{path.parts[-3]}", pos))
+            subjects.append(Subject(f"{cohort}/{path.parts[-3]}", _positions_by_label(path, len(names))))
     return subjects
+
+
+def _positions_by_label(path: Path, count: int) -> np.ndarray:
+    """LPS positions of AFID 1..count from a Slicer fcsv (RAS, ``# columns`` header names the fields)."""
+    pos = np.full((count, 3), np.nan)
+    columns = ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc"]
+    system = "RAS"
+    for line in path.read_text().splitlines():
+        if line.startswith("# columns"):
+            columns = [c.strip() for c in line.split("=", 1)[1].split(",")]
+        elif line.startswith("# CoordinateSystem"):
+            value = line.split("=", 1)[1].strip()
+            system = "LPS" if value in ("1", "LPS") else "RAS"
+        elif line.strip() and not line.startswith("#"):
+            row = dict(zip(columns, line.split(","), strict=False))
+            try:
+                label = int(float(row["label"]))
+            except (KeyError, ValueError):
+                continue
+            if 1 <= label <= count:
+                xyz = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
+                pos[label - 1] = xyz * ([-1, -1, 1] if system == "RAS" else 1)
+    return pos
 
 
 def split_subjects(subjects: list[Subject]) -> tuple[list[Subject], list[Subject]]:
@@ -55,7 +77,7 @@ def to_template_frame(subject: Subject, reference: np.ndarray, keep_size: bool =
     if keep_size:
         rigid = fit_similarity(subject.positions, fit.apply(subject.positions), allow_scale=False)
         aligned = rigid.apply(subject.positions)
-        return aligned - aligned.mean(0) + fit.apply(subject.positions).mean(0)
+        return aligned - np.nanmean(aligned, 0) + np.nanmean(fit.apply(subject.positions), 0)
     return fit.apply(subject.positions)
 
 
