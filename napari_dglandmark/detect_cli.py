@@ -129,12 +129,12 @@ def _load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
     """(detector, protocol or None); a bad model or protocol fails here, before any image is read."""
     import torch
 
-    from .model.inference import Detector
+    from .model.inference import load_detector
     from .protocols import load_protocol
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    detector = Detector(args.model, device=args.device)
+    detector = load_detector(args.model, device=args.device)
     protocol = None
     if detector.info.protocol:
         try:

@@ -291,14 +291,14 @@ def run(args: argparse.Namespace) -> int:
     from .io import read_volume, write_landmarks
     from .io.atomic import write_text_atomic
     from .io.csv_table import format_rows, landmark_rows
-    from .model.inference import Detector
+    from .model.inference import load_detector
     from .protocols import load_protocol
     from .session import MEASUREMENT_COLUMNS, measurement_table
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own warnings would be extra stderr lines
     print(f"<filter-start><filter-name>{MODULE_NAME}</filter-name></filter-start>", flush=True)
     volume = read_volume(args.inputVolume)
-    detector = Detector(args.checkpoint or args.model, device=args.device)
+    detector = load_detector(args.checkpoint or args.model, device=args.device)
     protocol = None
     if detector.info.protocol:
         try:

@@ -55,7 +55,9 @@ def robust_recipe(args: argparse.Namespace) -> DetectorRecipe:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=("template", "robust"), default="robust")
+    ap.add_argument("--stage", choices=("template", "robust", "combine"), default="robust")
+    ap.add_argument("--coarse-from", help="combine: the model whose coarse network is kept")
+    ap.add_argument("--fine-from", help="combine: the model whose fine network is kept")
     ap.add_argument("--init", help="start from this checkpoint (robust stage: the template-stage model)")
     ap.add_argument("--out", default=str(ROOT / "napari_dglandmark/models/afids32.safetensors"))
     ap.add_argument("--data", default=str(DATA))
@@ -76,6 +78,8 @@ def main() -> int:
     t1w = read_volume(data / T1W)
     truth = protocol.conform(read_landmarks(data / TRUTH))
     start = time.time()
+    if args.stage == "combine":
+        return combine(args)
 
     def log(row: dict) -> None:
         print(json.dumps({"t": round(time.time() - start, 1), **row}), flush=True)
@@ -108,23 +112,54 @@ def main() -> int:
         stages = args.stages.split(",")
         if "coarse" in stages:
             trainer.finetune([case], stages=("coarse",))
-            save(trainer, args, protocol, start, {"stage_done": "coarse"}, args.out + ".coarse-only")
+            save(trainer, args, protocol, start, {"stage_done": "coarse"}, args.out.replace(".safetensors", ".coarse-only.safetensors"))
         if "fine" in stages:
             trainer.finetune([case], stages=("fine",))
-        described = {
-            "method": "BaPDG pre-training + two-stage fine-tuning (template stage), then robust fine-tuning: "
-                      "poses up to 55 deg, TPS warps to real people's AFIDs, synthetic MR contrasts from a "
-                      "tissue label map, skull-stripped variants",
-            "data": {"template_stage": "MNI 2009a WM boundary pre-training; AFIDs on the MNI152NLin2009cAsym T1w",
-                     "robust_stage": f"the same T1w and its tissue label map (2009a grey/white maps + multi-Otsu); "
-                                     f"landmark configurations of {len(train)} afids-shapes subjects "
-                                     f"(held out: {', '.join(s.name for s in held)})"},
-            "init": {"path": Path(args.init).name if args.init else None,
-                     "sha256": file_sha256(args.init) if args.init else None,
-                     "provenance": init_meta.get("provenance")},
-        }
+        described = robust_description(len(train), [s.name for s in held])
+        described["init"] = {"path": Path(args.init).name if args.init else None,
+                             "sha256": file_sha256(args.init) if args.init else None,
+                             "provenance": init_meta.get("provenance")}
     save(trainer, args, protocol, start, described, args.out)
     log({"saved": args.out, "seconds": round(time.time() - start)})
+    return 0
+
+
+def robust_description(train_count: int, held_out: list[str]) -> dict:
+    """What the robust stage was trained on (model metadata)."""
+    return {
+        "method": "BaPDG pre-training + two-stage fine-tuning (template stage), then robust fine-tuning: "
+                  "poses up to 55 deg, TPS warps to real people's AFIDs, synthetic MR contrasts from a "
+                  "tissue label map, skull-stripped variants; canonical-frame inference",
+        "data": {"template_stage": "MNI 2009a WM boundary pre-training; AFIDs on the MNI152NLin2009cAsym T1w",
+                 "robust_stage": f"the same T1w and its tissue label map (2009a grey/white maps + multi-Otsu); "
+                                 f"landmark configurations of {train_count} afids-shapes subjects "
+                                 f"(held out: {', '.join(held_out)})"},
+    }
+
+
+def combine(args: argparse.Namespace) -> int:
+    """One model from the coarse network of one robust run and the fine network of another (the two
+    networks train independently, so they can run side by side on two cores)."""
+    fine, fine_meta = load_checkpoint(args.fine_from, device="cpu")
+    coarse, coarse_meta = load_checkpoint(args.coarse_from, device="cpu")
+    # a two-stage model, or the coarse network alone as the one loop saved it (run dir: coarse/model.safetensors)
+    fine.coarse.load_state_dict((coarse.coarse if hasattr(coarse, "coarse") else coarse).state_dict())
+    meta = {k: v for k, v in fine_meta.items() if k not in ("architecture", "format_version", "created", "sha256")}
+    history = [r for r in coarse_meta.get("training", {}).get("history", []) if r.get("stage") == "coarse"]
+    history += [r for r in fine_meta["training"]["history"] if r.get("stage") == "fine"]
+    meta["training"] = dict(fine_meta["training"], history=history, coarse_selected=coarse_meta.get("training"))
+    meta["provenance"] = {"coarse_from": {"file": Path(args.coarse_from).name, "sha256": file_sha256(args.coarse_from),
+                                          "provenance": coarse_meta.get("provenance")},
+                          "fine_from": {"file": Path(args.fine_from).name, "sha256": file_sha256(args.fine_from),
+                                        "provenance": fine_meta.get("provenance")},
+                          "torch": torch.__version__}
+    meta.pop("stage_done", None)
+    train, held = split_subjects(read_subjects(Path(args.data) / "afids-shapes", meta["landmark_names"]))
+    meta.update(robust_description(len(train), [s.name for s in held]))
+    from napari_dglandmark.model.checkpoint import save_checkpoint
+
+    save_checkpoint(args.out, fine, meta)
+    print(json.dumps({"combined": args.out}))
     return 0
 
 

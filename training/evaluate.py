@@ -224,7 +224,7 @@ def snapshot(volume: Volume, truth: Landmarks, prediction: Landmarks, path: Path
 def evaluate_model(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
                    device: str = "auto", snapshots: bool = False, progress: Progress | None = None) -> dict:
     """Run a checkpoint (two-stage or single-network) over a landmark dataset and write the report."""
-    from napari_dglandmark.model.single_stage import load_detector
+    from napari_dglandmark.model.inference import load_detector
 
     detector = load_detector(model, device)
     items = find_landmark_cases(data)

@@ -44,12 +44,12 @@ _DETECTORS_LOCK = threading.Lock()
 
 def get_detector(model: str, device: str) -> Any:
     """The cached Detector for ``model`` (bundled name or path) on ``device``, loaded on first use."""
-    from ..model.inference import Detector, resolve_model
+    from ..model.inference import load_detector, resolve_model
 
     key = (str(Path(resolve_model(model)).resolve()), device)
     with _DETECTORS_LOCK:
         if key not in _DETECTORS:
-            _DETECTORS[key] = Detector(key[0], device=device)
+            _DETECTORS[key] = load_detector(key[0], device=device)
         return _DETECTORS[key]
 
 

@@ -272,3 +272,15 @@ def rigid_about(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
     m[:3, :3] = rotation
     m[:3, 3] = np.asarray(center, float) - rotation @ np.asarray(center, float)
     return m
+
+
+def load_detector(model: str | os.PathLike | None = None, device: str = "auto"):
+    """The one loader for every kind of landmark checkpoint: ``Detector`` for two-stage models,
+    ``single_stage.SingleStageDetector`` for single networks (e.g. ``--preset paper``)."""
+    from .checkpoint import read_metadata
+    from .single_stage import SingleStageDetector
+
+    path = resolve_model(model)
+    if read_metadata(path).get("architecture", {}).get("name") == "two-stage":
+        return Detector(path, device)
+    return SingleStageDetector(path, device)

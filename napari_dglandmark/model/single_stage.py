@@ -15,7 +15,6 @@ import torch
 
 from ..io.landmarks import Landmarks
 from ..io.volume import Geometry, Volume
-from .checkpoint import read_metadata
 from .decode import decode
 from .devices import resolve_device
 from .preprocess import check_voxels, normalise
@@ -101,13 +100,3 @@ class SingleStageDetector:
         n = len(self.names)
         return Landmarks(list(self.names), pos, confidence=conf, status=["predicted"] * n,
                          image=volume.path, model=self.info.name)
-
-
-def load_detector(model: str | os.PathLike, device: str = "auto"):
-    """``inference.Detector`` for two-stage checkpoints, ``SingleStageDetector`` for single networks."""
-    from .inference import Detector, resolve_model
-
-    path = resolve_model(model)
-    if read_metadata(path)["architecture"]["name"] == "two-stage":
-        return Detector(path, device)
-    return SingleStageDetector(path, device)
