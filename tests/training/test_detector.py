@@ -22,13 +22,14 @@ def _phantom():
 
 
 def _recipe(**kw):
+    settings = dict(pretrain_coarse_steps=2, pretrain_fine_steps=2, coarse_steps=25, fine_steps=10, val_every=25)
+    settings.update(kw)
     return DetectorRecipe(
         pipeline=PipelineConfig(coarse_spacing=4.0, coarse_size=(24, 24, 24), fine_spacing=2.0,
                                 fine_size=(12, 12, 12), fine_iterations=1),
         coarse_net=dict(name="resunet3d", base_width=4, depth=2, blocks_per_stage=1),
         fine_net=dict(name="resunet3d", base_width=4, depth=1, blocks_per_stage=1),
-        pretrain_coarse_steps=2, pretrain_fine_steps=2, coarse_steps=25, fine_steps=10, batch_coarse=2,
-        batch_fine=4, val_every=25, log_every=5, rotation_deg=5.0, elastic_mm=1.0, **kw)
+        batch_coarse=2, batch_fine=4, log_every=5, rotation_deg=5.0, elastic_mm=1.0, **settings)
 
 
 def test_recipe_trains_saves_and_detects(tmp_path):
@@ -59,3 +60,24 @@ def test_ablation_targets_build(tmp_path):
             assert abs(float(t[20, 20, 20]) - (20 - 18) / 20) < 1e-5 and float(t[8, 20, 20]) == 1.0
         else:
             assert float(t[20, 20, 20]) == 1.0 and float(t[2, 2, 2]) == 0.0
+
+
+def test_two_stage_recipe_resumes_in_the_one_loop(tmp_path):
+    """Each stage runs in training.loop.train with its own run folder; a finished stage is reloaded on
+    resume (not retrained), and an interrupted one continues from its saved state."""
+    import torch
+
+    volume, landmarks, _ = _phantom()
+    recipe = _recipe(pretrain_coarse_steps=0, pretrain_fine_steps=0, coarse_steps=6, fine_steps=4,
+                     checkpoint_every=3, val_every=3)
+    case = landmark_case(volume, landmarks, landmarks.names, recipe.pipeline)
+    first = DetectorTrainer(recipe, landmarks.names, run_dir=tmp_path / "run")
+    first.finetune([case])
+    for stage in ("coarse", "fine"):
+        assert (tmp_path / "run" / stage / "model.safetensors").is_file()
+        assert (tmp_path / "run" / stage / "metrics.csv").is_file()
+    again = DetectorTrainer(recipe, landmarks.names, run_dir=tmp_path / "run", resume=True)
+    again.finetune([case])
+    assert again.history == []  # nothing retrained
+    for a, b in zip(first.network.state_dict().values(), again.network.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
