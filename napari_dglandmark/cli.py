@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from .errors import DGLandmarkError
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
-    """Run a sub-command, turning user errors into one line on stderr and exit status 2."""
+    """Run a sub-command, turning user errors into one line on stderr and exit status 2 (warnings: one line)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kwargs: f"{prog}: warning: {message}\n"
     try:
         return int(func(args) or 0)
     except DGLandmarkError as exc:
@@ -75,6 +78,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:

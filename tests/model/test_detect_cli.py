@@ -160,3 +160,23 @@ def test_models_lists_bundled(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("afids32") and "protocol: afids32 (32 landmarks)" in text and "MRE" in text
+
+
+def test_nan_background_warns_in_one_line(tmp_path, tiny_model_path):
+    """Masked pipelines write NaN outside the head: one warning line, landmarks still written."""
+    import SimpleITK as sitk
+
+    arr = np.full((40, 40, 40), np.nan, np.float32)
+    arr[8:32, 8:32, 8:32] = np.random.default_rng(0).uniform(50, 200, (24, 24, 24))
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    path = tmp_path / "masked.nii.gz"
+    sitk.WriteImage(image, str(path))
+    proc = subprocess.run([sys.executable, "-m", "napari_dglandmark.cli", "detect", str(path), "--model",
+                           str(tiny_model_path), "--out", str(tmp_path / "out.csv")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line and "it/s" not in line]
+    nan = [line for line in lines if "NaN" in line]
+    assert len(nan) == 1 and nan[0].startswith("dglandmark: warning:"), proc.stderr  # no source line under it
+    assert all(line.startswith("dglandmark: ") for line in lines), proc.stderr
+    assert (tmp_path / "out.csv").is_file()
