@@ -130,17 +130,12 @@ def _load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
     from .model.inference import load_detector
-    from .protocols import load_protocol
+    from .protocols import load_protocol, protocol_or_none
 
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = load_detector(args.model, device=args.device)
-    protocol = None
-    if detector.info.protocol:
-        try:
-            protocol = load_protocol(detector.info.protocol)
-        except DGLandmarkError:
-            protocol = None
+    protocol = protocol_or_none(detector.info.protocol)
     if args.protocol:
         wanted = load_protocol(args.protocol)
         if wanted.name != detector.info.protocol:

@@ -27,7 +27,6 @@ from .protocols import Protocol, available_protocols, load_protocol
 
 #: ``metadata["dglandmark_kind"]`` of the layers made here
 KIND_KEY = "dglandmark_kind"
-LOW_CONFIDENCE = 0.5
 #: fallback colours (no protocol), assigned by a landmark's position in the name list
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
            "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
@@ -163,13 +162,9 @@ def review_flags(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) 
     """Per row: did the model flag this landmark for review?
 
     ``flags`` (name -> flag, e.g. kept in a layer's metadata) wins; then ``Landmarks.needs_review``
-    when the core provides it; else a finite confidence below :data:`LOW_CONFIDENCE`.
+    when the core provides it; else a finite confidence below ``io.landmarks.LOW_CONFIDENCE`` (``Landmarks.review_flags``).
     """
-    conf = np.asarray(landmarks.confidence, dtype=float)
-    out = np.isfinite(conf) & (conf < LOW_CONFIDENCE)
-    core = getattr(landmarks, "needs_review", None)
-    if core is not None and len(core) == len(landmarks):
-        out = np.asarray(core, dtype=bool).copy()
+    out = landmarks.review_flags()
     if flags:
         keyed = {normalise_name(k): bool(v) for k, v in flags.items()}
         out = np.array([keyed.get(normalise_name(n), bool(out[i])) for i, n in enumerate(landmarks.names)],

@@ -240,16 +240,6 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _needs_review(landmarks: Landmarks) -> list[bool]:
-    """Per-landmark review flag: the Landmarks' own when it carries one, else a low confidence."""
-    own = getattr(landmarks, "needs_review", None)
-    if own is not None:
-        return [bool(x) for x in own]
-    from .layers import LOW_CONFIDENCE  # pure numpy: the threshold behind the napari layer's red ring
-
-    return [bool(c < LOW_CONFIDENCE) for c in landmarks.confidence]  # NaN (unknown) is not flagged
-
-
 def _describe(landmarks: Landmarks, protocol: Protocol | None, review: list[bool]) -> list[str]:
     """Point descriptions that Slicer's Markups table shows: what the landmark is, confidence, review flag."""
     out = []
@@ -292,22 +282,17 @@ def run(args: argparse.Namespace) -> int:
     from .io.atomic import write_text_atomic
     from .io.csv_table import format_rows, landmark_rows
     from .model.inference import load_detector
-    from .protocols import load_protocol
+    from .protocols import protocol_or_none
     from .session import MEASUREMENT_COLUMNS, measurement_table
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own warnings would be extra stderr lines
     print(f"<filter-start><filter-name>{MODULE_NAME}</filter-name></filter-start>", flush=True)
     volume = read_volume(args.inputVolume)
     detector = load_detector(args.checkpoint or args.model, device=args.device)
-    protocol = None
-    if detector.info.protocol:
-        try:
-            protocol = load_protocol(detector.info.protocol)
-        except DGLandmarkError:
-            protocol = None
+    protocol = protocol_or_none(detector.info.protocol)
     landmarks = detector.detect(volume, progress=_progress)
     landmarks.image = str(args.inputVolume)
-    review = _needs_review(landmarks)
+    review = [bool(r) for r in landmarks.review_flags()]
     flags = {n: "true" if r else "false" for n, r in zip(landmarks.names, review, strict=True)}
 
     rows = measurement_table(landmarks, protocol)

@@ -9,6 +9,9 @@ import numpy as np
 
 from ..errors import DGLandmarkError
 
+#: confidence below which a landmark without a quality review counts as needing review
+LOW_CONFIDENCE = 0.5
+
 #: statuses a landmark can have; ``missing`` keeps its row but has no position
 STATUSES = ("defined", "predicted", "corrected", "added", "verified", "missing")
 #: who placed a landmark's current position
@@ -127,6 +130,14 @@ class Landmarks:
                          self.image, self.model, dict(self.measurements),
                          np.array(review, dtype=bool) if self.needs_review is not None else None, by,
                          self.image_warning)
+
+    def review_flags(self) -> np.ndarray:
+        """Per row: needs review? ``needs_review`` when the quality review set it, else a finite
+        confidence below :data:`LOW_CONFIDENCE` (files and models without the review)."""
+        if self.needs_review is not None:
+            return self.needs_review.copy()
+        conf = np.asarray(self.confidence, dtype=float)
+        return np.isfinite(conf) & (conf < LOW_CONFIDENCE)
 
     def copy(self) -> Landmarks:
         return Landmarks(list(self.names), self.positions.copy(), list(self.descriptions),

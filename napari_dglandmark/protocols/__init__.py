@@ -145,3 +145,13 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
     except json.JSONDecodeError as exc:
         raise DGLandmarkError(f"malformed protocol JSON at line {exc.lineno}: {exc.msg}", path) from None
     return protocol_from_dict(data, path)
+
+
+def protocol_or_none(name: str | None) -> Protocol | None:
+    """The bundled protocol a model names, or None when it names none or one not bundled here."""
+    if not name:
+        return None
+    try:
+        return load_protocol(name)
+    except DGLandmarkError:
+        return None
