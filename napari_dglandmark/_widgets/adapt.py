@@ -19,6 +19,7 @@ from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
 from ..layers import landmarks_from_points, volume_from_image_layer
 from . import landmark_layers, unwrap
+from ._worker import WorkerRun
 
 if TYPE_CHECKING:
     import napari
@@ -130,7 +131,7 @@ def _run_adaptation(base: str, cases: list, out: str, options: Any, progress: Ca
         return "error", f"adaptation failed: {exc.__class__.__name__}: {first}"
 
 
-class AdaptWidget(QWidget):
+class AdaptWidget(WorkerRun, QWidget):
     """Fine-tune the model on the scans whose landmarks were reviewed, then use the new model."""
 
     progressed = Signal(int, int)
@@ -288,37 +289,16 @@ class AdaptWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        self._cancel.clear()
-        self.progress_log = []
-        self.progress.setRange(0, 0)  # busy until the first step reports (preparing, first check)
-        self.status.setText(f"adapting {Path(base_path).name} to {count_text(pairs)}...")
-        self.adapt_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        # busy until the first step reports (preparing, first check); a cancelled run saves nothing
+        self._begin(f"adapting {Path(base_path).name} to {count_text(pairs)}...")
         options = self.options or AdaptOptions()
         worker = create_worker(_run_adaptation, str(base_path), cases, out, options, self.progressed.emit,
                                self._cancel.is_set, self.news.emit, _start_thread=False)
-        worker.returned.connect(self._done)
-        worker.finished.connect(self._reset)
-        self.worker = worker
-        worker.start()
-        return worker
+        return self._launch(worker, self._done)
 
-    def cancel(self) -> None:
-        """Stop the running adaptation at its next step (nothing is saved)."""
-        self._cancel.set()
-        self.status.setText("cancelling...")
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress_log.append((done, total))
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-
-    def _reset(self) -> None:
-        self.worker = None
-        self.adapt_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
+    @property
+    def run_button(self) -> QPushButton:
+        return self.adapt_button
 
     def _done(self, result: tuple[str, Any]) -> None:
         from napari.utils.notifications import show_info

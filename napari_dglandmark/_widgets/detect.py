@@ -30,6 +30,7 @@ from ..errors import DGLandmarkError
 from ..layers import KIND_KEY, geometry_metadata, points_layer_data, volume_from_image_layer
 from ..session import CorrectionSession, load_sidecar, read_sidecar
 from . import correction, landmark_layers, unwrap
+from ._worker import WorkerRun
 
 if TYPE_CHECKING:
     import napari
@@ -91,7 +92,7 @@ def _run_detection(model: str, device: str, volume: Any, progress: Callable[[int
         return "error", f"detection failed: {exc.__class__.__name__}: {first}", None
 
 
-class DetectWidget(QWidget):
+class DetectWidget(WorkerRun, QWidget):
     """Choose an image layer, a model and a device, then detect (in a worker thread)."""
 
     progressed = Signal(int, int)
@@ -287,36 +288,14 @@ class DetectWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        self._cancel.clear()
-        self.progress_log = []
-        self.progress.setRange(0, 0)  # busy until the first step reports (model loading)
-        self.status.setText(f"detecting on {name}...")
-        self.detect_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self._begin(f"detecting on {name}...")  # busy until the first step reports (model loading)
         worker = create_worker(_run_detection, model, self.device_combo.currentText(), volume,
                                self.progressed.emit, self._cancel.is_set, _start_thread=False)
-        worker.returned.connect(lambda result, _layer=layer, _vol=volume: self._done(result, _layer, _vol))
-        worker.finished.connect(self._reset)
-        self.worker = worker
-        worker.start()
-        return worker
+        return self._launch(worker, lambda result, _layer=layer, _vol=volume: self._done(result, _layer, _vol))
 
-    def cancel(self) -> None:
-        """Ask the running detection to stop at its next step."""
-        self._cancel.set()
-        self.status.setText("cancelling...")
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress_log.append((done, total))
-        self.progress.setRange(0, total)
-        self.progress.setValue(done)
-
-    def _reset(self) -> None:
-        self.worker = None
-        self.detect_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
+    @property
+    def run_button(self) -> QPushButton:
+        return self.detect_button
 
     def _done(self, result: tuple[str, Any, Any], image_layer: Any, volume: Any) -> None:
         from napari.utils.notifications import show_error, show_info
