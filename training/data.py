@@ -307,10 +307,7 @@ def load_segmentation_cases(items: Sequence[SegmentationItem], labels: LabelSpec
             if tuple(label.geometry.shape) != tuple(volume.geometry.shape):
                 raise DGLandmarkError(f"label grid {label.geometry.shape} differs from image grid "
                                       f"{volume.geometry.shape}", item.label)
-            image, grid = prepare_input(volume, config)
-            mask = torch.from_numpy(labels.mask(label.array).astype(np.float32))
-            resized = resample(mask, label.geometry, model_grid(label.geometry, config.grid_size), mode="nearest")
-            m = resized[0, 0].numpy() > 0.5
+            image, grid, m = _on_model_grid(volume, labels.mask(label.array), config)
             if not m.any():
                 raise DGLandmarkError("no voxel of the label matches --labels", item.label)
             return {"image": image.numpy(), "mask": m.astype(np.uint8)}, {"grid": _geometry_to_json(grid)}
@@ -321,6 +318,28 @@ def load_segmentation_cases(items: Sequence[SegmentationItem], labels: LabelSpec
         if progress:
             progress(n, len(items))
     return out
+
+
+def _on_model_grid(volume: Volume, mask: np.ndarray, config: SingleStageConfig
+                   ) -> tuple[torch.Tensor, Geometry, np.ndarray]:
+    """The prepared image, its model grid and the mask resampled onto it (nearest neighbour)."""
+    image, grid = prepare_input(volume, config)
+    m = torch.from_numpy(np.asarray(mask).astype(np.float32))
+    resized = resample(m, volume.geometry, model_grid(volume.geometry, config.grid_size), mode="nearest")
+    return image, grid, resized[0, 0].numpy() > 0.5
+
+
+def segmentation_case_from(name: str, volume: Volume, mask: np.ndarray, config: SingleStageConfig) -> SegmentationCase:
+    """A pre-training case from an in-memory image and structure mask (same grid)."""
+    image, grid, m = _on_model_grid(volume, mask, config)
+    return SegmentationCase(name, image, torch.from_numpy(m), grid)
+
+
+def landmark_case_from(name: str, volume: Volume, landmarks: Landmarks, names: Sequence[str],
+                       config: SingleStageConfig) -> LandmarkCase:
+    """A fine-tuning case from an in-memory image and its landmarks (``names`` order, absent ones NaN)."""
+    image, grid = prepare_input(volume, config)
+    return LandmarkCase(name, image, grid, list(names), landmarks.reordered(names, strict=False).positions)
 
 
 def split_cases(items: Sequence, fraction: float, seed: int) -> tuple[list, list]:
