@@ -115,7 +115,8 @@ def single_config_for(config: dict, preset: str, method: str, seed: int):
                                 "batch_size", "lr", "val_every", "steps_per_epoch", "max_dist") if k in p}
     common.update(rotation_deg=m.get("rotation_deg", 5.0), seed=seed, log_every=10, checkpoint_every=10**6)
     base = train_preset("paper").updated(common)
-    pre = base.updated(dict(max_steps=max(1, p["pretrain_steps"]), target=m.get("pretrain", "boundary"),
+    target = m.get("pretrain", "none")
+    pre = base.updated(dict(max_steps=max(1, p["pretrain_steps"]), target="boundary" if target == "none" else target,
                             loss=m.get("pretrain_loss", "mix")))
     return pre, base.updated(dict(max_steps=p["finetune_steps"]))
 
