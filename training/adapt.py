@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -191,28 +190,6 @@ def adapt_recipe(meta: dict, options: AdaptOptions, coarse_steps: int, fine_step
         val_every=10**9, log_every=5, seed=options.seed)
 
 
-class _Stop(Exception):
-    """Ends a stage early (time budget or early stopping); the caller keeps the best weights."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Trainer(DetectorTrainer):
-    """DetectorTrainer whose batch draws check the cancel hook, the deadline and early stopping."""
-
-    guard: Callable[[], None] = staticmethod(lambda: None)
-
-    def coarse_batch(self, *args: Any, **kwargs: Any):
-        self.guard()
-        return super().coarse_batch(*args, **kwargs)
-
-    def fine_batch(self, *args: Any, **kwargs: Any):
-        self.guard()
-        return super().fine_batch(*args, **kwargs)
-
-
 def _step_seconds(trainer: DetectorTrainer, cases: Sequence[Case], stage: str, repeats: int = 1) -> float:
     """Seconds per optimisation step of ``stage``, timed on a copy of the network (weights untouched)."""
     net = copy.deepcopy(trainer.network.coarse if stage == "coarse" else trainer.network.fine).train()
@@ -222,10 +199,10 @@ def _step_seconds(trainer: DetectorTrainer, cases: Sequence[Case], stage: str, r
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
         if stage == "coarse":
-            x, pts = DetectorTrainer.coarse_batch(trainer, cases)
+            x, pts = trainer.coarse_batch(cases)
             loss = trainer.softmax_ce(net(x.to(dev)), pts.to(dev), r.sigma_coarse_vox)
         else:
-            x, pts, ch = DetectorTrainer.fine_batch(trainer, cases)
+            x, pts, ch = trainer.fine_batch(cases)
             out = net(x.to(dev))
             loss = trainer.softmax_ce(out[torch.arange(len(ch)), ch][:, None], pts[:, None].to(dev), r.sigma_fine_vox)
         loss.backward()
@@ -317,7 +294,7 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     on = f"held-back case {held.name}" if held else f"the {len(train)} training case(s) (no case held back)"
     say(f"error before adapting on {on}: {before:.2f} mm")
 
-    trainer = _Trainer(recipe, names, device=str(device))
+    trainer = DetectorTrainer(recipe, names, device=str(device))
     trainer.network.load_state_dict(detector.network.state_dict())
     detector.network = trainer.network  # held-back checks run the inference path on the weights being trained
     check()
@@ -370,15 +347,14 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
         if held is not None and stage == "fine" and done["fine"] % options.val_every == 0 and done["fine"] < fine_steps:
             consider(f"fine step {done['fine']}")
 
-    def guard() -> None:
+    def should_stop() -> bool:
         check()
-        if stop["reason"]:
-            raise _Stop(stop["reason"])
-        if time.monotonic() > deadline - 1.2 * eval_seconds * len(evaluate):
-            raise _Stop("time budget")
+        if not stop["reason"] and time.monotonic() > deadline - 1.2 * eval_seconds * len(evaluate):
+            stop["reason"] = "time budget"
+        return bool(stop["reason"])
 
     trainer.log = on_row
-    trainer.guard = guard
+    trainer.should_stop = should_stop
     if progress:
         progress(0, total)
     stopped_by = "steps"
@@ -386,10 +362,9 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     coarse_kept = None
     for stage in ("coarse", "fine"):
         if recipe.coarse_steps if stage == "coarse" else recipe.fine_steps:
-            try:
-                trainer.finetune(train_cases, stages=(stage,))
-            except _Stop as exc:
-                stopped_by = exc.reason
+            trainer.finetune(train_cases, stages=(stage,))
+            if stop["reason"]:
+                stopped_by = stop["reason"]
                 break
         if stage == "coarse" and recipe.coarse_steps:
             # a few coarse steps on a few cases can hurt more than help: keep them only when they do not
@@ -400,7 +375,7 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
             elif held is not None and mm < best["mm"] - options.min_gain_mm:
                 best.update(mm=mm, state=_state(trainer.network), step="coarse")
             say(f"after the coarse stage: error {mm:.2f} mm ({'kept' if coarse_kept else 'reverted to the base coarse network'})")
-    trainer.guard = check
+    trainer.should_stop = None
     trainer.network.eval()
     if held is not None:
         consider("end")

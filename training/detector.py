@@ -158,6 +158,8 @@ class DetectorTrainer:
         self.intensity = None if recipe.intensity == "none" else AugmentConfig.preset(recipe.intensity)
         self.log = log or (lambda row: None)
         self.history: list[dict] = []
+        #: asked before every optimisation step of every stage; True ends the stage (``loop.train``)
+        self.should_stop: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ sampling
     def _random_affine(self, center: np.ndarray) -> np.ndarray:
@@ -352,7 +354,8 @@ class DetectorTrainer:
             self.log(entry)
 
         train(module, task, self._stage_config(steps, batch, index), stage_dir, self.device,
-              metadata={"stage": stage}, resume=resume, info=self.info, progress=self.progress, on_row=on_row)
+              metadata={"stage": stage}, resume=resume, info=self.info, progress=self.progress, on_row=on_row,
+              should_stop=self.should_stop)
         if final.is_file():  # the best weights by validation (else the last), as the loop selected them
             init_from_checkpoint(module, final)
         if self.info.enabled:

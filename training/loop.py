@@ -320,8 +320,13 @@ def init_from_checkpoint(network: nn.Module, path: str | Path) -> tuple[int, int
 def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, device: torch.device,
           metadata: dict | None = None, resume: bool = False, info: ddp.DistInfo | None = None,
           stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-          on_row: Callable[[dict], None] | None = None) -> TrainResult:
+          on_row: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None
+          ) -> TrainResult:
     """Train ``network`` on ``task`` for ``cfg.max_steps`` steps (``stop_after``: quit early, as if killed).
+
+    ``should_stop()`` is asked before every step (a time budget, early stopping, a cancel button);
+    when it says True the run ends there like ``stop_after``: the resume state is saved, no final
+    checkpoint is written and the network keeps its last weights.
 
     Writes into ``run_dir``: resume state, ``metrics.csv``, ``best.safetensors`` (by validation
     MRE) and, when the run completes, ``model.safetensors`` (the best, else the last weights).
@@ -357,6 +362,13 @@ def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
     t0, running, loss_value = time.time(), [], math.nan
     model.train()
     for step in range(start, end):
+        if should_stop is not None and ddp.broadcast_float(float(bool(should_stop())), info, device) > 0.5:
+            end = step
+            if main:
+                save_resume_state(run, network, optimizer, scaler, rng, gen, step,
+                                  {"best_mre_mm": None if best == math.inf else best, "best_step": best_step,
+                                   "max_steps": cfg.max_steps})
+            break
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
