@@ -51,3 +51,22 @@ def test_resume_without_state_is_a_user_error(tmp_path):
     with pytest.raises(DGLandmarkError, match="nothing to resume"):
         train(_net(cfg), LandmarkTask([object()], [], cfg), cfg, tmp_path, torch.device("cpu"), resume=True,
               progress=False)
+
+
+def test_should_stop_ends_the_run_where_it_says_and_it_resumes(tmp_path):
+    """A stop hook (time budget, cancel) ends the run before the step it vetoes, like a kill, resumable."""
+    root = make_landmark_dataset(tmp_path / "d", 2)
+    cfg = tiny_config(max_steps=5, val_every=5, checkpoint_every=100)
+    cases = load_landmark_cases(find_landmark_cases(root), NAMES, cfg.single_stage(), Cache(tmp_path / "c"))
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # allow two steps, veto the third
+
+    task = LandmarkTask(cases[:1], cases[1:], cfg)
+    part = train(_net(cfg), task, cfg, tmp_path / "run", torch.device("cpu"), progress=False, should_stop=should_stop)
+    assert part.steps == 2 and part.checkpoint is None
+    assert json.loads((tmp_path / "run" / "resume.json").read_text())["step"] == 2
+    rest = train(_net(cfg), task, cfg, tmp_path / "run", torch.device("cpu"), resume=True, progress=False)
+    assert rest.steps == 5 and rest.checkpoint is not None
