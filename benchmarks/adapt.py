@@ -37,7 +37,7 @@ from napari_dglandmark.model.inference import Detector, resolve_model
 from napari_dglandmark.protocols import load_protocol
 from training.adapt import AdaptOptions, adapt, cases_from_dataset
 from training.shapes import Subject, split_subjects, to_template_frame
-from training.synth import render_contrast, tissue_labels, warped_to_shape
+from training.synth import render_contrast, thick_slices, tissue_labels, warped_to_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -46,6 +46,9 @@ TRUTH = "afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fc
 MNI09A = "mni-icbm152-2009a/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 STROKE = ("real-unlabelled/stroke_T1.nii.gz", "real-unlabelled/stroke_T2.nii.gz")
 CONTRAST = "FLAIR-like"
+#: the simulated sites: name -> (description, slice thickening factor)
+SITES = {"flair": ("FLAIR-like, 1 mm", 1),
+         "flair-5mm": ("FLAIR-like, axial 2D with 5 mm slices and more noise", 5)}
 
 
 def log(text: str) -> None:
@@ -69,9 +72,10 @@ def read_subjects_by_label(root: Path, n: int) -> list[Subject]:
     return subjects
 
 
-def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: int) -> dict[str, list[dict]]:
+def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: int,
+               site: str = "flair") -> dict[str, list[dict]]:
     """The site's cases on disk (cached): ``eval`` (held-out subjects) and ``adapt`` (other subjects);
-    each has the FLAIR-like image, a T1w image of the same anatomy and the truth (.mrk.json)."""
+    each has the site's image (``site``), a T1w image of the same anatomy and the truth (.mrk.json)."""
     cache.mkdir(parents=True, exist_ok=True)
     train_s, held_s = split_subjects(read_subjects_by_label(data / "afids-shapes", len(names)))
     chosen = {"eval": held_s[:n_eval], "adapt": train_s[::10][:n_adapt]}  # both cohorts, fixed whatever n
@@ -98,6 +102,15 @@ def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: 
                 lms.status = ["corrected"] * len(lms)  # the clinician put every landmark where it belongs
                 write_landmarks(files["truth"], lms)
                 log(f"made {role} case {s.name}")
+            files["site"] = files["flair"]
+            if SITES[site][1] > 1:
+                files["site"] = cache / f"{stem}_{site}.nii.gz"
+                if not files["site"].is_file():
+                    thick = thick_slices(read_volume(files["flair"]), SITES[site][1])
+                    rng = np.random.default_rng(2000 + 1000 * (role == "adapt") + k)
+                    noisy = thick.array + rng.normal(scale=30.0, size=thick.array.shape) * (thick.array > 20)
+                    write_volume(Volume(np.round(np.clip(noisy, 0, None)).astype(np.int16), thick.geometry, None),
+                                 files["site"])
             out[role].append({"subject": s.name, **{k2: str(v) for k2, v in files.items()}})
     return out
 
@@ -117,7 +130,7 @@ def errors(model: str | Path, images: list[str], truths: list[np.ndarray]) -> di
 def evaluate(model: str | Path, cases: dict, template: tuple[str, np.ndarray], names: list[str]) -> dict:
     truths = [read_landmarks(c["truth"]).reordered(names, strict=False).positions for c in cases["eval"]]
     return {
-        "site_flair": errors(model, [c["flair"] for c in cases["eval"]], truths),
+        "site": errors(model, [c["site"] for c in cases["eval"]], truths),
         "original_t1w_template": errors(model, [template[0]], [template[1]])["mre_mm"],
         "original_t1w_eval_anatomy": errors(model, [c["t1w"] for c in cases["eval"]], truths),
     }
@@ -150,7 +163,7 @@ def stroke(base: str | Path, data: Path, work: Path, options: AdaptOptions) -> d
 
 def table(results: dict) -> str:
     n = len(results["evaluation_subjects"])
-    rows = [f"| model | site MRE ({n} held-out, {CONTRAST}) | median case | worst case | T1w template | "
+    rows = [f"| model | site MRE ({n} held-out, {results.get('site', CONTRAST)}) | median case | worst case | T1w template | "
             "T1w, same anatomy | adapt time | steps (coarse+fine) | held-back error |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
@@ -159,8 +172,8 @@ def table(results: dict) -> str:
                 if a and a["error_mm"]["held_back"] else "-")
         minutes = f"{a['seconds'] / 60:.1f} min" if a else "-"
         steps = f"{a['steps']['coarse']} + {a['steps']['fine']}" if a else "-"
-        rows.append(f"| {name} | {r['site_flair']['mre_mm']:.2f} mm | {r['site_flair']['median_case_mm']:.2f} | "
-                    f"{r['site_flair']['max_case_mm']:.2f} | {r['original_t1w_template']:.2f} mm | "
+        rows.append(f"| {name} | {r['site']['mre_mm']:.2f} mm | {r['site']['median_case_mm']:.2f} | "
+                    f"{r['site']['max_case_mm']:.2f} | {r['original_t1w_template']:.2f} mm | "
                     f"{r['original_t1w_eval_anatomy']['mre_mm']:.2f} mm | "
                     f"{minutes} | {steps} | {held} |")
     st = results.get("stroke_t1_t2")
@@ -185,6 +198,7 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-stroke", action="store_true")
+    ap.add_argument("--site", choices=list(SITES), default="flair", help="the simulated new site")
     ap.add_argument("--quick", action="store_true", help="2 evaluation cases, sizes 1 and 3, 2-minute budget")
     args = ap.parse_args()
     if args.quick:
@@ -198,13 +212,14 @@ def main() -> int:
     meta = read_metadata(base)
     names = list(meta["landmark_names"])
     start = time.time()
-    cases = make_cases(data, Path(args.cache), names, args.eval, max(args.sizes))
+    cases = make_cases(data, Path(args.cache), names, args.eval, max(args.sizes), args.site)
     template = (str(data / T1W), load_protocol("afids32").conform(read_landmarks(data / TRUTH))
                 .reordered(names, strict=False).positions)
     options = AdaptOptions(max_minutes=args.max_minutes, device="cpu")
     results: dict = {
-        "what": f"site adaptation on a simulated new site ({CONTRAST} contrast from the template's tissue labels, "
-                "warped to real people's AFIDs; evaluation on held-out afids-shapes subjects)",
+        "what": f"site adaptation on a simulated new site ({SITES[args.site][0]}: {CONTRAST} contrast from the "
+                "template's tissue labels, warped to real people's AFIDs; evaluation on held-out afids-shapes subjects)",
+        "site": SITES[args.site][0],
         "base_model": {"name": meta.get("model_name"), "file": base.name, "sha256": file_sha256(base),
                        "created": meta.get("created")},
         "evaluation_subjects": [c["subject"] for c in cases["eval"]],
@@ -227,14 +242,14 @@ def main() -> int:
     log(f"base model {base.name}: evaluating")
     results["models"]["base"] = evaluate(base, cases, template, names)
     save()
-    log(f"base: site MRE {results['models']['base']['site_flair']['mre_mm']:.2f} mm")
+    log(f"base: site MRE {results['models']['base']['site']['mre_mm']:.2f} mm")
     for k in args.sizes:
         folder = work / f"site_{k}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         for c in cases["adapt"][:k]:
             stem = c["subject"].replace("/", "_")
-            shutil.copy(c["flair"], folder / f"{stem}.nii.gz")
+            shutil.copy(c["site"], folder / f"{stem}.nii.gz")
             shutil.copy(c["truth"], folder / f"{stem}.mrk.json")
         log(f"adapting on {k} case(s)")
         result = adapt(base, cases_from_dataset(folder), work / f"adapted_{k}.safetensors", options, message=log)
@@ -243,7 +258,7 @@ def main() -> int:
         r["adaptation"] = {k2: result.metadata[k2] for k2 in ("steps", "seconds", "stopped_by", "error_mm", "selected")}
         results["models"][f"adapted on {k}"] = r
         save()
-        log(f"adapted on {k}: site MRE {r['site_flair']['mre_mm']:.2f} mm, template {r['original_t1w_template']:.2f}")
+        log(f"adapted on {k}: site MRE {r['site']['mre_mm']:.2f} mm, template {r['original_t1w_template']:.2f}")
     if not args.no_stroke:
         log("stroke T1/T2")
         results["stroke_t1_t2"] = stroke(base, data, work, AdaptOptions(max_minutes=min(args.max_minutes, 5.0),

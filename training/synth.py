@@ -317,3 +317,21 @@ def render_contrast(labels: np.ndarray, geometry: Geometry, contrast: str, rng: 
         x = x * np.exp(field)
     x = x + rng.normal(scale=noise, size=x.shape).astype(np.float32) * (labels > 0)
     return Volume((np.clip(x, 0, None) * 1000).astype(np.float32), geometry, None)
+
+
+def thick_slices(volume: Volume, factor: int) -> Volume:
+    """The volume as a 2D acquisition with ``factor`` times thicker slices along its third (k) axis.
+
+    Each new slice is the mean of ``factor`` old ones (a slab, as the slice profile integrates), its
+    centre where the slab's centre was; the grid's spacing and origin say so, so positions in mm keep
+    their meaning. Slices beyond the last whole slab are dropped.
+    """
+    geom = volume.geometry
+    n = geom.shape[0] // factor
+    if n < 1:
+        raise ValueError(f"{geom.shape[0]} slices cannot make slabs of {factor}")
+    slabs = volume.array[: n * factor].astype(np.float32).reshape(n, factor, *geom.shape[1:]).mean(1)
+    origin = geom.index_to_physical(np.array([0.0, 0.0, (factor - 1) / 2]))
+    spacing = (geom.spacing[0], geom.spacing[1], geom.spacing[2] * factor)
+    out = Geometry(shape=(n, *geom.shape[1:]), spacing=spacing, origin=tuple(origin), direction=geom.direction)
+    return Volume(slabs, out, volume.path)

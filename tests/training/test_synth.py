@@ -7,7 +7,7 @@ import pytest
 
 from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Geometry, Volume
-from training.synth import SITES, Deformation, deform, scanner_shift
+from training.synth import SITES, Deformation, deform, scanner_shift, thick_slices
 
 
 def _dots(direction=None):
@@ -54,3 +54,16 @@ def test_scanner_shift_keeps_geometry_and_changes_contrast(site):
     a = (volume.array - volume.array.mean()) / volume.array.std()
     b = (shifted.array - shifted.array.mean()) / shifted.array.std()
     assert np.abs(a - b).mean() > 0.01  # not the same image
+
+
+def test_thick_slices_keep_positions_in_mm():
+    """A bright plane stays where it was in mm when five 1 mm slices become one 5 mm slab."""
+    direction = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # not the identity
+    geom = Geometry(shape=(20, 6, 7), spacing=(1.0, 1.5, 1.2), origin=(3.0, -4.0, 10.0), direction=direction)
+    arr = np.zeros(geom.shape, np.float32)
+    arr[10:15] = 1.0  # the slab of new slice 2: old slices 10..14, centre 12
+    thick = thick_slices(Volume(arr, geom), 5)
+    assert thick.geometry.shape == (4, 6, 7) and thick.geometry.spacing == (1.0, 1.5, 6.0)
+    assert thick.array[2].min() == 1.0 and thick.array[[0, 1, 3]].max() == 0.0
+    np.testing.assert_allclose(thick.geometry.index_to_physical(np.array([1.0, 2.0, 2.0])),
+                               geom.index_to_physical(np.array([1.0, 2.0, 12.0])), atol=1e-9)
