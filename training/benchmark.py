@@ -41,7 +41,7 @@ from napari_dglandmark.protocols import load_protocol
 
 from .data import find_landmark_cases, landmark_case_from, read_case_landmarks, segmentation_case_from
 from .detector import DetectorRecipe, DetectorTrainer, landmark_case, segmentation_case
-from .dg_data import pretraining_pairs, real_geometry_domains, source_truth, stroke_pair
+from .dg_data import pretraining_pairs, real_geometry_domains, source_truth, stroke_pair, training_anatomies
 from .evaluate import SDR_RADII, landmark_errors, sdr_curve, summarise_errors
 from .synth import SITES, Deformation, deform, scanner_shift
 
@@ -215,6 +215,9 @@ class SingleArm(_Arm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.validation = validation_cases(self.data, self.config)
+        count = int(self.config["benchmark"].get("training_anatomies", 0))
+        self.extra = training_anatomies(self.data, count, self.t1w, self.truth)
+        self.log(f"source domain: the T1w template and {len(self.extra)} warped training anatomies")
 
     def train(self, method: str, seed: int) -> dict[str, object]:
         from napari_dglandmark.model.networks import build_network
@@ -244,6 +247,7 @@ class SingleArm(_Arm):
             train(network, PretrainTask(seg, pre_cfg), pre_cfg, run / "pretrain", device,
                   dict(meta, kind="pretrained"), progress=False, log=log)
         source = [landmark_case_from("AFIDs T1w", self.t1w, self.truth, self.names, single)]
+        source += [landmark_case_from(f"anatomy {k}", v, lms, self.names, single) for k, (v, lms) in enumerate(self.extra)]
         val = [landmark_case_from(f"validation {k}", v, lms, self.names, single)
                for k, (v, lms) in enumerate(self.validation)]
         result = train(network, LandmarkTask(source, val, cfg), cfg, run / "finetune", device, meta,

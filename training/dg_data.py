@@ -11,6 +11,9 @@ Pre-training sources (``SOURCES``), each a list of (image, structure mask) pairs
   a cross-anatomy check;
 - ``brain-all``: ``wm2009a`` + ``tissue`` + ``synth``.
 
+Source-domain training anatomies (``training_anatomies``): the template warped to real people of the
+training split, shown as T1w (the same centre and contrast, other brains).
+
 Harder unseen domains: the template warped (thin-plate spline, exact at the landmarks) to held-out
 real people's AFIDs from ``afids-shapes`` (never used for training), shown as T1w and as fixed
 synthetic T2-/FLAIR-/PD-like contrasts rendered from the warped tissue labels; and the stroke
@@ -125,6 +128,21 @@ def real_geometry_domains(data: Path, count: int, t1w: Volume, truth: Landmarks,
         for c in contrasts:
             synth = render_contrast(warped, vol.geometry, c, np.random.default_rng(8000 + k))
             out[f"real geometry, {c}"].append((synth, lms))
+    return out
+
+
+def training_anatomies(data: Path, count: int, t1w: Volume, truth: Landmarks) -> list[tuple[Volume, Landmarks]]:
+    """More source-domain (T1w) training cases: the template warped to ``count`` real people of the
+    training split of ``afids-shapes`` (never to the held-out ones the test domains use)."""
+    if count <= 0:
+        return []
+    protocol = load_protocol("afids32")
+    train, _ = split_subjects(read_subjects(_need(data, "afids-shapes"), protocol.names))
+    step = max(1, len(train) // count)
+    out = []
+    for subject in train[::step][:count]:
+        vol, lms, _ = warped_to_shape(t1w, truth, to_template_frame(subject, truth.positions))
+        out.append((vol, lms))
     return out
 
 
