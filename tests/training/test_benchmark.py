@@ -116,3 +116,16 @@ def _afids_names() -> list[str]:
     from napari_dglandmark.protocols import load_protocol
 
     return list(load_protocol("afids32").names)
+
+
+def test_training_anatomies_are_other_brains_from_the_training_split(shared_data):
+    from training.dg_data import source_truth, training_anatomies
+    from training.shapes import read_subjects, split_subjects, to_template_frame
+
+    t1w, truth = source_truth(shared_data)
+    (volume, moved), = training_anatomies(shared_data, 1, t1w, truth)
+    train, held = split_subjects(read_subjects(shared_data / "afids-shapes", _afids_names()))
+    np.testing.assert_allclose(moved.positions, to_template_frame(train[0], truth.positions))
+    assert np.nanmean(np.linalg.norm(moved.positions - truth.positions, axis=1)) > 1.0  # another brain
+    assert volume.geometry.shape == t1w.geometry.shape and not np.array_equal(volume.array, t1w.array)
+    assert train[0].name not in {s.name for s in held}
