@@ -7,13 +7,12 @@ progress and Cancel, then selects the new model in the Detect widget (its public
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
@@ -146,23 +145,11 @@ class AdaptWidget(WorkerRun, QWidget):
         self.ask_path: Callable[[str], str | None] | None = None
         self.options: Any = None
         self.base_model: str | None = None  # None: the model that made the landmark layers
-        self.worker: Any = None
-        self.progress_log: list[tuple[int, int]] = []
-        self._cancel = threading.Event()
         self.counts = QLabel("")
         self.adapt_button = QPushButton("Adapt model to these scans")
         self.adapt_button.setToolTip("Fine-tune the detection model on the landmarks you verified, corrected or "
                                      "added (minutes on a CPU); the new model is saved beside your scans")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.adapt_button)
-        buttons.addWidget(self.cancel_button)
+        buttons = self._run_controls(self.adapt_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(4)
@@ -172,7 +159,6 @@ class AdaptWidget(WorkerRun, QWidget):
         layout.addWidget(self.status)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
         self.adapt_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
         self.progressed.connect(self._on_progress)
         self.news.connect(self.status.setText)
         self.viewer.layers.events.inserted.connect(self._on_layers)

@@ -16,9 +16,6 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
@@ -107,9 +104,6 @@ class DetectWidget(WorkerRun, QWidget):
         #: injectable for tests: yes/no questions and the checkpoint file dialog
         self.ask: Callable[[str], bool] | None = None
         self.browse: Callable[[], str | None] | None = None
-        self.worker: Any = None
-        self.progress_log: list[tuple[int, int]] = []
-        self._cancel = threading.Event()
         self._browsed: list[str] = []
         #: (image path, model) -> the answer to "restore the autosave?": asked once per image and model
         self.restore_answers: dict[tuple[str, str], bool] = {}
@@ -119,20 +113,11 @@ class DetectWidget(WorkerRun, QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.detect_button = QPushButton("Detect")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        buttons = self._run_controls(self.detect_button)
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.detect_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(4)
@@ -142,7 +127,6 @@ class DetectWidget(WorkerRun, QWidget):
         layout.addWidget(self.status)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # no empty space under Detect
         self.detect_button.clicked.connect(self.detect)
-        self.cancel_button.clicked.connect(self.cancel)
         self.model_combo.activated.connect(self._on_model_activated)
         self.progressed.connect(self._on_progress)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
