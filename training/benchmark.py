@@ -332,9 +332,11 @@ def summarise(errors: dict, preset: str, seeds: list[int], seconds: float, strok
             unseen[method] = {"mre_mean": float(np.mean(means)), "mre_std": float(np.std(means)), "runs": n}
     stroke_rows = {k: {"median_mm_mean": float(np.mean(v)), "median_mm_std": float(np.std(v)), "runs": len(v)}
                    for k, v in (stroke or {}).items()}
+    per_seed = {m: {d: [float(summarise_errors(e)["mre"]) for e in runs] for d, runs in per_domain.items()}
+                for m, per_domain in errors.items()}
     return {"arm": arm, "preset": preset, "seeds": seeds, "seconds": round(seconds),
             "date": time.strftime("%Y-%m-%d"), "settings": (config or {}).get("preset", {}).get(preset, {}),
-            "domains": table, "unseen_mean": unseen, "stroke_t1_vs_t2": stroke_rows}
+            "domains": table, "unseen_mean": unseen, "stroke_t1_vs_t2": stroke_rows, "per_seed_mre": per_seed}
 
 
 def markdown_tables(summary: dict) -> str:

@@ -83,6 +83,7 @@ def test_unseen_mean_and_stroke_agreement_in_the_summary():
     unseen = summary["unseen_mean"]["A"]  # per seed: (1+3)/2 = 2 and (3+5)/2 = 4; the source is left out
     assert unseen["mre_mean"] == pytest.approx(3.0) and unseen["mre_std"] == pytest.approx(1.0)
     assert summary["stroke_t1_vs_t2"]["A"]["median_mm_mean"] == pytest.approx(1.5)
+    assert summary["per_seed_mre"]["A"]["u2"] == pytest.approx([3.0, 5.0])
     assert "| A | 3.00 +- 1.00 | 1.50 +- 0.50 |" in markdown_tables(summary)
 
 
