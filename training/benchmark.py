@@ -21,6 +21,7 @@ the SDR-curve figure; ``benchmark.log`` and per-run training logs stay in the re
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import tomllib
 from collections.abc import Callable
@@ -28,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_volume
 from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Volume
+from napari_dglandmark.model.devices import resolve_device
 from napari_dglandmark.model.inference import Detector
 from napari_dglandmark.model.pipeline import PipelineConfig
 from napari_dglandmark.model.single_stage import SingleStageConfig, SingleStageDetector
@@ -184,6 +185,7 @@ class _Arm:
         self.config, self.preset, self.data, self.work, self.names, self.log = config, preset, data, work, names, log
         self.t1w, self.truth = source_truth(data)
         self._sources: dict[str, list] = {}
+        self.device = resolve_device("auto")  # CUDA (mixed precision) when there is one
 
     def pairs(self, method: str) -> list:
         names = sources_of(self.config, method)
@@ -200,18 +202,22 @@ class _Arm:
 
 
 class TwoStageArm(_Arm):
+    """Ours: pre-train both networks of the pair, fine-tune on the template, one row per model."""
+
     def train(self, method: str, seed: int) -> dict[str, object]:
         recipe = recipe_for(self.config, self.preset, method, seed)
-        trainer = DetectorTrainer(recipe, self.names)
+        trainer = DetectorTrainer(recipe, self.names, device=str(self.device))
         if recipe.pretrain_coarse_steps:
             trainer.pretrain([segmentation_case(v, m, recipe) for v, m in self.pairs(method)])
         trainer.finetune([landmark_case(self.t1w, self.truth, self.names, recipe.pipeline)])
         path = self.work / f"{method}-seed{seed}.safetensors"
         trainer.save(path, self.metadata(method, seed))
-        return {method: Detector(path, device="cpu")}
+        return {method: Detector(path, device=str(self.device))}
 
 
 class SingleArm(_Arm):
+    """The paper's: one network pre-trained then fine-tuned unchanged; one row per decoding."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.validation = validation_cases(self.data, self.config)
@@ -228,8 +234,6 @@ class SingleArm(_Arm):
         single = cfg.single_stage()
         run = self.work / f"{method}-seed{seed}"
         if run.exists():
-            import shutil
-
             shutil.rmtree(run)
         run.mkdir(parents=True)
 
@@ -241,7 +245,7 @@ class SingleArm(_Arm):
         network = build_network(cfg.arch, in_channels=1, out_channels=len(self.names), **cfg.network_hparams())
         meta = dict(self.metadata(method, seed), kind="landmarks", landmark_names=list(self.names),
                     single_stage=single.to_dict(), training={"preset": self.preset, "config": cfg.to_dict()})
-        device = torch.device("cpu")
+        device = self.device
         if sources_of(self.config, method):
             seg = [segmentation_case_from(f"source{k}", v, m, single) for k, (v, m) in enumerate(self.pairs(method))]
             train(network, PretrainTask(seg, pre_cfg), pre_cfg, run / "pretrain", device,
@@ -254,7 +258,7 @@ class SingleArm(_Arm):
                        progress=False, log=log)
         detectors = {}
         for n, decode in enumerate(self.config["benchmark"].get("decodes", ["argmax"])):
-            detector = SingleStageDetector(result.checkpoint, device="cpu")
+            detector = SingleStageDetector(result.checkpoint, device=str(self.device))
             detector.config = SingleStageConfig.from_dict(dict(detector.config.to_dict(), decode=decode))
             detectors[method if n == 0 else f"{method}, {decode} decoding"] = detector
         return detectors
