@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import napari_dglandmark
 from napari_dglandmark.errors import DGLandmarkError
+from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.io.landmarks import Landmarks, normalise_name
 from napari_dglandmark.io.volume import Volume
 from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
@@ -65,7 +67,7 @@ class AdaptOptions:
 
     max_minutes: float = 10.0
     coarse_steps: int = 20  # upper bounds: the time budget may allow fewer
-    fine_steps: int = 600
+    fine_steps: int = 1500
     batch_coarse: int = 2
     batch_fine: int = 8
     lr: float = 2e-4  # a tenth of the base recipe's: 4e-4 made the bundled model worse on a new site
@@ -74,6 +76,8 @@ class AdaptOptions:
     min_gain_mm: float = 0.005  # what counts as an improvement of the held-back error
     seed: int = 0
     device: str = "auto"
+    #: also train on the bundled template (when its landmarks are the model's), so the model keeps what it knew
+    rehearse: bool = True
 
 
 @dataclass
@@ -212,6 +216,21 @@ def _step_seconds(trainer: DetectorTrainer, cases: Sequence[Case], stage: str, r
     return float(np.median(times[1:]))  # the first one pays for allocation
 
 
+#: the bundled sample (the 2 mm AFIDs template and its expert landmarks): the rehearsal case
+REHEARSAL = (Path(napari_dglandmark.__file__).resolve().parent / "sample_data" / "afids_t1w_2mm.nii.gz",
+             Path(napari_dglandmark.__file__).resolve().parent / "sample_data" / "afids_t1w_2mm_groundtruth.mrk.json")
+
+
+def rehearsal_case(names: Sequence[str], pipeline) -> Case | None:
+    """The bundled template as a training case when its landmarks are exactly the model's, else None."""
+    if not all(p.is_file() for p in REHEARSAL):
+        return None
+    landmarks = read_landmarks(REHEARSAL[1])
+    if {n.casefold() for n in landmarks.names} != {n.casefold() for n in names}:
+        return None
+    return landmark_case(read_volume(REHEARSAL[0]), landmarks, names, pipeline)
+
+
 def _mre(detector: Detector, case: AdaptCase, truth: np.ndarray) -> float:
     pred = detector.detect(case.volume).reordered(detector.names, strict=False).positions
     ok = np.isfinite(truth).all(1)
@@ -286,6 +305,10 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     for c in train:
         check()
         train_cases.append(landmark_case(c.volume, reviewed(c.landmarks), names, recipe.pipeline))
+    rehearsal = rehearsal_case(names, recipe.pipeline) if options.rehearse else None
+    if rehearsal is not None:
+        train_cases.append(rehearsal)
+        say("also rehearsing on the bundled template, so the model does not forget it")
     evaluate = [held] if held is not None else train
     check()
     t0 = time.monotonic()
@@ -390,6 +413,7 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     record = _provenance(base_path, meta, ordered, held, train, done, before, after, on, stopped_by, seconds,
                          options, device, best["step"] if held else "end")
     record["coarse_stage_kept"] = coarse_kept
+    record["rehearsal"] = REHEARSAL[0].name if rehearsal is not None else ""
     keep = {k: meta[k] for k in ("protocol", "bilateral_pairs", "reference_lps", "method", "data") if k in meta}
     trainer.save(target, {**keep, "model_name": target.name.removesuffix(".safetensors"), "adaptation": record})
     return AdaptResult(target, record, before, after, on, dict(done), seconds, stopped_by)

@@ -86,6 +86,17 @@ def test_cli_adapts_with_provenance_and_leaves_the_base_alone(tmp_path, tiny_mod
     assert meta["landmark_names"] == read_metadata(tiny_model_path)["landmark_names"]
     det = Detector(out, device="cpu")  # the adapted file is a working detection model
     assert len(det.detect(read_volume(data / "scan0.nii.gz"))) == 32
+    assert record["rehearsal"] == SAMPLE_VOLUME.name  # the tiny model has the AFIDs: the template is rehearsed
+
+
+def test_rehearsal_only_for_the_bundled_templates_landmarks():
+    from napari_dglandmark.model.pipeline import PipelineConfig
+    from training.adapt import rehearsal_case
+
+    names = read_landmarks(SAMPLE_LANDMARKS).names
+    case = rehearsal_case(list(reversed(names)), PipelineConfig())
+    assert case is not None and np.isfinite(case.landmarks).all() and len(case.landmarks) == len(names)
+    assert rehearsal_case(names[:5], PipelineConfig()) is None
 
 
 def test_training_changes_the_weights(tmp_path, tiny_model_path):
