@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .layers import LayerDataTuple
+from .sample import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
-SAMPLE_VOLUME = SAMPLE_DIR / "afids_t1w_2mm.nii.gz"
-SAMPLE_LANDMARKS = SAMPLE_DIR / "afids_t1w_2mm_groundtruth.mrk.json"
 #: ``metadata[SAMPLE_KEY]`` marks the sample's layers: the Detect widget retires them when a scan opens
 SAMPLE_KEY = "dglandmark_sample"
 

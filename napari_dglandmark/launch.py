@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-SAMPLE_VOLUME = Path(__file__).resolve().parent / "sample_data" / "afids_t1w_2mm.nii.gz"
-
+from .sample import SAMPLE_VOLUME
 
 #: the window size the dock layout is made for (a laptop screen; issue 12 measured at this size)
 WINDOW_SIZE = (1600, 1000)

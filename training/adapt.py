@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import napari_dglandmark
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.io.landmarks import Landmarks, normalise_name
@@ -31,6 +30,7 @@ from napari_dglandmark.io.volume import Volume
 from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
 from napari_dglandmark.model.inference import Cancelled, Detector, bundled_models, resolve_model
 from napari_dglandmark.model.pipeline import PipelineConfig
+from napari_dglandmark.sample import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 
 from .detector import Case, DetectorRecipe, DetectorTrainer, landmark_case
 
@@ -216,19 +216,15 @@ def _step_seconds(trainer: DetectorTrainer, cases: Sequence[Case], stage: str, r
     return float(np.median(times[1:]))  # the first one pays for allocation
 
 
-#: the bundled sample (the 2 mm AFIDs template and its expert landmarks): the rehearsal case
-REHEARSAL = (Path(napari_dglandmark.__file__).resolve().parent / "sample_data" / "afids_t1w_2mm.nii.gz",
-             Path(napari_dglandmark.__file__).resolve().parent / "sample_data" / "afids_t1w_2mm_groundtruth.mrk.json")
-
-
 def rehearsal_case(names: Sequence[str], pipeline) -> Case | None:
-    """The bundled template as a training case when its landmarks are exactly the model's, else None."""
-    if not all(p.is_file() for p in REHEARSAL):
+    """The bundled sample (the 2 mm AFIDs template) as a training case when its landmarks are exactly
+    the model's, else None."""
+    if not (SAMPLE_VOLUME.is_file() and SAMPLE_LANDMARKS.is_file()):
         return None
-    landmarks = read_landmarks(REHEARSAL[1])
+    landmarks = read_landmarks(SAMPLE_LANDMARKS)
     if {n.casefold() for n in landmarks.names} != {n.casefold() for n in names}:
         return None
-    return landmark_case(read_volume(REHEARSAL[0]), landmarks, names, pipeline)
+    return landmark_case(read_volume(SAMPLE_VOLUME), landmarks, names, pipeline)
 
 
 def _mre(detector: Detector, case: AdaptCase, truth: np.ndarray) -> float:
@@ -413,7 +409,7 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     record = _provenance(base_path, meta, ordered, held, train, done, before, after, on, stopped_by, seconds,
                          options, device, best["step"] if held else "end")
     record["coarse_stage_kept"] = coarse_kept
-    record["rehearsal"] = REHEARSAL[0].name if rehearsal is not None else ""
+    record["rehearsal"] = SAMPLE_VOLUME.name if rehearsal is not None else ""
     keep = {k: meta[k] for k in ("protocol", "bilateral_pairs", "reference_lps", "method", "data") if k in meta}
     trainer.save(target, {**keep, "model_name": target.name.removesuffix(".safetensors"), "adaptation": record})
     return AdaptResult(target, record, before, after, on, dict(done), seconds, stopped_by)
