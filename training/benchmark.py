@@ -122,14 +122,19 @@ def single_config_for(config: dict, preset: str, method: str, seed: int):
     return pre, base.updated(dict(max_steps=p["finetune_steps"]))
 
 
+def source_deformation(config: dict) -> Deformation:
+    """The benchmark's ``source_deformation`` setting (deformed copies of the template)."""
+    return Deformation(**{k: (tuple(v) if isinstance(v, list) else v)
+                          for k, v in config["benchmark"].get("source_deformation", {}).items()})
+
+
 def build_domains(data: Path, config: dict, extra: list[Path]) -> list[Domain]:
     """Test domains: a source-like deformed set, the simulated sites, real geometry, then extra datasets."""
     protocol = load_protocol("afids32")
     t1w, truth = source_truth(data)
     bench = config["benchmark"]
     kinds = bench.get("domains", ["source", "sites"])
-    setting = Deformation(**{k: (tuple(v) if isinstance(v, list) else v)
-                             for k, v in bench.get("source_deformation", {}).items()})
+    setting = source_deformation(config)
     n = int(bench.get("cases_per_domain", 3))
     domains = []
     if "source" in kinds:
@@ -154,11 +159,9 @@ def build_domains(data: Path, config: dict, extra: list[Path]) -> list[Domain]:
     return domains
 
 
-def validation_cases(data: Path, config: dict, count: int = 2) -> list[tuple[Volume, Landmarks]]:
+def validation_cases(t1w: Volume, truth: Landmarks, config: dict, count: int = 2) -> list[tuple[Volume, Landmarks]]:
     """Source-like deformed copies for checkpoint selection (seeds apart from every test case)."""
-    t1w, truth = source_truth(data)
-    setting = Deformation(**{k: (tuple(v) if isinstance(v, list) else v)
-                             for k, v in config["benchmark"].get("source_deformation", {}).items()})
+    setting = source_deformation(config)
     return [deform(t1w, truth, np.random.default_rng(9000 + c), setting) for c in range(count)]
 
 
@@ -220,7 +223,7 @@ class SingleArm(_Arm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.validation = validation_cases(self.data, self.config)
+        self.validation = validation_cases(self.t1w, self.truth, self.config)
         count = int(self.config["benchmark"].get("training_anatomies", 0))
         self.extra = training_anatomies(self.data, count, self.t1w, self.truth)
         self.log(f"source domain: the T1w template and {len(self.extra)} warped training anatomies")

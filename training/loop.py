@@ -360,14 +360,18 @@ def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not (progress and main), desc="train", unit="step")
     t0, running, loss_value = time.time(), [], math.nan
+
+    def save_state(done: int) -> None:
+        if main:
+            save_resume_state(run, network, optimizer, scaler, rng, gen, done,
+                              {"best_mre_mm": None if best == math.inf else best, "best_step": best_step,
+                               "max_steps": cfg.max_steps})
+
     model.train()
     for step in range(start, end):
         if should_stop is not None and ddp.broadcast_float(float(bool(should_stop())), info, device) > 0.5:
             end = step
-            if main:
-                save_resume_state(run, network, optimizer, scaler, rng, gen, step,
-                                  {"best_mre_mm": None if best == math.inf else best, "best_step": best_step,
-                                   "max_steps": cfg.max_steps})
+            save_state(step)
             break
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
@@ -420,10 +424,7 @@ def train(network: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
             if on_row is not None:
                 on_row(row)
         if done % cfg.checkpoint_every == 0 or done == end:
-            if main:
-                save_resume_state(run, network, optimizer, scaler, rng, gen, done,
-                                  {"best_mre_mm": None if best == math.inf else best, "best_step": best_step,
-                                   "max_steps": cfg.max_steps})
+            save_state(done)
             ddp.barrier(info)
     bar.close()
     if metrics is not None:
