@@ -36,14 +36,12 @@ from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
 from napari_dglandmark.model.inference import Detector, resolve_model
 from napari_dglandmark.protocols import load_protocol
 from training.adapt import AdaptOptions, adapt, cases_from_dataset
+from training.dg_data import AFIDS_T1W, AFIDS_TRUTH, afids_tissue_labels, source_truth
 from training.shapes import Subject, split_subjects, to_template_frame
-from training.synth import render_contrast, thick_slices, tissue_labels, warped_to_shape
+from training.synth import render_contrast, thick_slices, warped_to_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-T1W = "afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
-TRUTH = "afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"
-MNI09A = "mni-icbm152-2009a/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 STROKE = ("real-unlabelled/stroke_T1.nii.gz", "real-unlabelled/stroke_T2.nii.gz")
 CONTRAST = "FLAIR-like"
 #: the simulated sites: name -> (description, slice thickening factor)
@@ -89,10 +87,8 @@ def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: 
                      "truth": cache / f"{stem}.mrk.json"}
             if not all(f.is_file() for f in files.values()):
                 if t1w is None:
-                    t1w = read_volume(data / T1W)
-                    truth = load_protocol("afids32").conform(read_landmarks(data / TRUTH))
-                    labels = tissue_labels(t1w, read_volume(data / MNI09A.format("gm")),
-                                           read_volume(data / MNI09A.format("wm")))
+                    t1w, truth = source_truth(data)
+                    labels = afids_tissue_labels(data, t1w)
                 target = to_template_frame(s, truth.positions)
                 vol, lms, lab = warped_to_shape(t1w, truth, target, labels)
                 seed = 1000 * (role == "adapt") + k
@@ -213,7 +209,7 @@ def main() -> int:
     names = list(meta["landmark_names"])
     start = time.time()
     cases = make_cases(data, Path(args.cache), names, args.eval, max(args.sizes), args.site)
-    template = (str(data / T1W), load_protocol("afids32").conform(read_landmarks(data / TRUTH))
+    template = (str(data / AFIDS_T1W), load_protocol("afids32").conform(read_landmarks(data / AFIDS_TRUTH))
                 .reordered(names, strict=False).positions)
     options = AdaptOptions(max_minutes=args.max_minutes, device="cpu")
     results: dict = {

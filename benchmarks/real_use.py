@@ -29,15 +29,15 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.model.inference import Detector
 from napari_dglandmark.model.shape import load_shape_model, robust_similarity
 from napari_dglandmark.protocols import load_protocol
+from training.dg_data import afids_tissue_labels
 from training.evaluate import landmark_errors, summarise
 from training.shapes import read_subjects, split_subjects, to_template_frame
-from training.synth import CONTRASTS, render_contrast, rotated_copy, tissue_labels, warped_to_shape
+from training.synth import CONTRASTS, render_contrast, rotated_copy, warped_to_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 T1W = DATA / "afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
 TRUTH = DATA / "afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"
-MNI09A = "mni-icbm152-2009a/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 REAL_BRAINS = ("stroke_T1.nii.gz", "stroke_T2.nii.gz", "chris_t1.nii.gz", "T2w_1x1x2mm.nii.gz",
                "T1_head_neck_1.6mm.nii.gz", "freesurfer_norm.mgz")
 MIDLINE = ("AC", "PC", "infracollicular sulcus", "PMJ", "superior interpeduncular fossa", "culmen",
@@ -83,7 +83,7 @@ def run(model: str, out: Path, threads: int) -> dict:
             vol, lms = rotated_copy(t1w, truth, axis, angle)
             record(f"pose about {label} (LPS)", f"{angle:+d} deg", vol, lms)
 
-    labels = tissue_labels(t1w, read_volume(DATA / MNI09A.format("gm")), read_volume(DATA / MNI09A.format("wm")))
+    labels = afids_tissue_labels(DATA, t1w)
     _, held = split_subjects(read_subjects(DATA / "afids-shapes", protocol.names))
     contrasts = list(CONTRASTS)
     for k, subject in enumerate(held):
