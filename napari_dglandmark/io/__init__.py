@@ -9,19 +9,11 @@ from pathlib import Path
 from ..errors import DGLandmarkError
 from .csv_table import read_csv, read_csv_table, write_csv
 from .fcsv import read_fcsv, write_fcsv
+from .geometry import Geometry, Volume, index_to_physical, lps_to_ras, physical_to_index, ras_to_lps
 from .landmarks import Landmarks
 from .markups_json import read_mrk_json, write_mrk_json
 from .seed_layout import is_seed_case, read_seed_case, write_seed_case
-from .volume import (
-    Geometry,
-    Volume,
-    index_to_physical,
-    lps_to_ras,
-    physical_to_index,
-    ras_to_lps,
-    read_volume,
-    write_volume,
-)
+from .volume import read_volume, write_volume
 
 LANDMARK_SUFFIXES = (".mrk.json", ".fcsv", ".csv")
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..errors import DGLandmarkError
 from .atomic import write_text_atomic
+from .geometry import Geometry, ras_to_lps
 from .landmarks import Landmarks, check_coordinate_system
-from .volume import Geometry, ras_to_lps
 
 REQUIRED = ("landmark", "x", "y", "z", "coordinate_system")
 OPTIONAL = ("i", "j", "k", "confidence", "needs_review", "status", "image", "model", "model_sha256", "exported_at",

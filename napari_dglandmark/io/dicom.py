@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DGLandmarkError
+from .geometry import Geometry, Volume
+from .rawfile import first_reason
 
 _ENHANCED_MARKER = "PerFrameFunctionalGroupsSequence"
 _POSITION_TOL = 0.01  # mm: two slices closer than this along the normal share a position
@@ -302,8 +304,6 @@ def _pixels(group: _Group) -> np.ndarray:
     """The group's voxels (k, j, i), rescaled to real values; classic files through GDCM."""
     import SimpleITK as sitk
 
-    from .volume import _first_reason
-
     ordered = group.ordered
     if ordered[0].frame is None:
         reader = sitk.ImageSeriesReader()
@@ -311,7 +311,7 @@ def _pixels(group: _Group) -> np.ndarray:
         try:
             array = sitk.GetArrayFromImage(reader.Execute())  # GDCM applies each file's rescale
         except RuntimeError as exc:
-            raise DGLandmarkError(f"cannot read DICOM pixels: {_first_reason(str(exc))}", ordered[0].file) from None
+            raise DGLandmarkError(f"cannot read DICOM pixels: {first_reason(str(exc))}", ordered[0].file) from None
     else:
         import pydicom
 
@@ -329,10 +329,8 @@ def _pixels(group: _Group) -> np.ndarray:
     return array
 
 
-def read_dicom(path: Path, series: str | None = None):
+def read_dicom(path: Path, series: str | None = None) -> Volume:
     """The one 3D volume of a DICOM folder or multi-frame file (``series`` picks one of several)."""
-    from .volume import Geometry, Volume
-
     slices, notes = _read_slices(path)
     if not slices:
         if notes:

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..errors import DGLandmarkError
 from .atomic import write_text_atomic
+from .geometry import ras_to_lps
 from .landmarks import Landmarks, check_coordinate_system
-from .volume import ras_to_lps
 
 _DEFAULT_COLUMNS = ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc",
                     "associatedNodeID"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DGLandmarkError
+from .geometry import lps_to_ras, ras_to_lps
 
 #: confidence below which a landmark without a quality review counts as needing review
 LOW_CONFIDENCE = 0.5
@@ -75,14 +76,10 @@ class Landmarks:
     @classmethod
     def from_ras(cls, names: Sequence[str], ras: np.ndarray, **kwargs) -> Landmarks:
         """Build from RAS positions (what Slicer shows)."""
-        from .volume import ras_to_lps
-
         return cls(list(names), ras_to_lps(np.asarray(ras, dtype=float).reshape(-1, 3)), **kwargs)
 
     def positions_in(self, coords: str) -> np.ndarray:
         """Positions in ``"LPS"`` or ``"RAS"``."""
-        from .volume import lps_to_ras
-
         system = check_coordinate_system(coords)
         return self.positions.copy() if system == "LPS" else lps_to_ras(self.positions)
 

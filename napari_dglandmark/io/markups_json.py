@@ -12,8 +12,8 @@ import numpy as np
 from ..errors import DGLandmarkError
 from .atomic import write_text_atomic
 from .fcsv import landmark_name
+from .geometry import ras_to_lps
 from .landmarks import Landmarks, check_coordinate_system
-from .volume import ras_to_lps
 
 SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
               "Resources/Schema/markups-schema-v1.0.3.json#")

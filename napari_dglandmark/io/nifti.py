@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DGLandmarkError
-from .rawfile import ImageStream, to_native
+from .rawfile import ImageStream, first_reason, to_native
 
 # datatype code -> numpy type of one scalar voxel
 SCALAR_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
@@ -174,9 +174,7 @@ def _geometry(header: NiftiHeader, path: Path) -> tuple[np.ndarray, np.ndarray, 
     try:
         info.ReadImageInformation()
     except RuntimeError as exc:
-        from .volume import _first_reason
-
-        raise DGLandmarkError(f"cannot read the image geometry: {_first_reason(str(exc))}", path) from None
+        raise DGLandmarkError(f"cannot read the image geometry: {first_reason(str(exc))}", path) from None
     n = info.GetDimension()
     k = min(3, n, len(header.shape))
     if tuple(info.GetSize()[:k]) != tuple(header.shape[:k]):

@@ -107,3 +107,12 @@ def to_native(array: np.ndarray) -> np.ndarray:
     if array.dtype.byteorder in ("=", "|") or array.dtype.isnative:
         return array
     return array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
+
+
+def first_reason(text: str) -> str:
+    """The informative line of a SimpleITK/ITK exception (they span many lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        if "description:" in line.lower() or "error" in line.lower():
+            return line.split(":", 1)[-1].strip() if "description:" in line.lower() else line
+    return lines[-1] if lines else "unknown error"
