@@ -110,9 +110,42 @@ def read_paths(path: str | Sequence[str]) -> list[LayerDataTuple]:
     return out
 
 
-def read_volume_layer(path: str) -> LayerDataTuple:
-    """Image layer data of one volume file or DICOM folder."""
-    return image_layer_data(read_volume(path))
+def dicom_volume_choices(path: str) -> list[tuple[str, str]]:
+    """(series id, description) of each 3D volume a DICOM folder holds (several: the user chooses)."""
+    from .io.dicom import _group_slices, _read_slices  # the core's own grouping, so ids match read_volume's
+
+    slices, _notes = _read_slices(Path(path))
+    groups = [g for g in _group_slices(slices) if g.problem is None]
+    return [(g.id, g.describe().split(" = ", 1)[-1]) for g in groups]
+
+
+def ask_series(path: str, choices: list[tuple[str, str]]) -> str | None:
+    """The volume the user picks (a dialog; module level, so tests can answer it); None = cancelled."""
+    from ._widgets.series import choose_series
+
+    return choose_series(path, choices)
+
+
+def read_volume_layer(path: str, series: str | None = None) -> LayerDataTuple:
+    """Image layer data of one volume file or DICOM folder; a folder holding several volumes asks which one."""
+    try:
+        volume = read_volume(path, series)
+    except DGLandmarkError as exc:
+        if series is not None or not Path(path).is_dir() or "choose one with series=" not in str(exc):
+            raise
+        choices = dicom_volume_choices(path)
+        if len(choices) < 2:
+            raise
+        chosen = ask_series(path, choices)
+        if chosen is None:
+            raise DGLandmarkError(f"not opened: it holds {len(choices)} 3D volumes and none was chosen",
+                                  path) from None
+        volume = read_volume(path, chosen)
+        label = dict(choices)[chosen]
+        data, kwargs, kind = image_layer_data(volume, f"{Path(path).name} {label.split(',')[0]}")
+        kwargs["metadata"]["series"] = chosen
+        return data, kwargs, kind
+    return image_layer_data(volume)
 
 
 def read_landmark_layer(path: str) -> LayerDataTuple:

@@ -3,10 +3,12 @@
 World-coordinate convention (the one used by every napari layer of this plugin):
     napari world axes are physical LPS millimetres in reversed order, i.e.
     ``world = (z_lps, y_lps, x_lps) = LPS[::-1]`` (superior, posterior, left).
-- An image layer holds ``Volume.array`` ([k, j, i]) untouched; its ``affine`` is the
-  volume's index->LPS matrix with the three spatial rows and columns reversed, so it maps
-  napari data axes (k, j, i) to world (z, y, x) and carries spacing, origin and direction
-  (flips and obliques included).
+- An image layer holds the volume's voxels ([k, j, i]) on a grid napari can slice: untouched
+  when the scan's axes run along L, P, S (flips allowed), else transposed (sagittal / coronal
+  storage) or resampled (oblique scans) onto an LPS-aligned grid in the same physical space
+  (:mod:`.io.display`). Its ``affine`` is that grid's index->LPS matrix with the three spatial
+  rows and columns reversed (data axes (k, j, i) -> world (z, y, x)): scale, translation and
+  flips, never a rotation. The original voxels and geometry stay in the metadata for detection.
 - A points layer holds ``LPS[:, ::-1]`` with an identity transform, so it overlays any
   image layer made here, whatever the image's grid.
 In napari's default 2D view the last two world axes are shown: rows = posterior (down),
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DGLandmarkError
+from .io.display import display_volume
 from .io.landmarks import Landmarks, normalise_name
 from .io.volume import Geometry, Volume, lps_to_ras
 from .protocols import Protocol, available_protocols, load_protocol
@@ -75,40 +78,60 @@ def geometry_from_napari_affine(shape: Sequence[int], affine: np.ndarray) -> Geo
 
 
 def image_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
-    """``(array, kwargs, "image")`` placing the volume in world mm (see module docstring)."""
+    """``(array, kwargs, "image")`` placing the volume in world mm (see module docstring).
+
+    napari slices only along data axes, so a scan stored sagittally or obliquely is shown on an
+    LPS-aligned grid in the same physical space (:func:`..io.display.display_volume`: transposed, or
+    resampled when oblique); ``metadata["display"]`` says which. The original voxels and geometry stay
+    in the metadata (``source_voxels``, ``spacing``, ``origin``, ``direction``): detection uses those.
+    """
     g = volume.geometry
     arr = volume.array
+    shown = display_volume(volume)
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
     lo, hi = (np.percentile(finite[:: max(1, finite.size // 2_000_000)], [0.5, 99.9])
               if finite.size else (0.0, 1.0))
     if hi <= lo:
         lo, hi = float(np.min(finite, initial=0)), float(np.max(finite, initial=1))
         hi = hi if hi > lo else lo + 1.0
+    metadata = {
+        KIND_KEY: "volume",
+        "path": volume.path,
+        "spacing": tuple(g.spacing),
+        "origin": tuple(g.origin),
+        "direction": g.direction.tolist(),
+        "display": {"how": shown.how, "note": shown.describe(),
+                    "obliquity_degrees": round(shown.rotation_degrees, 3),
+                    "geometry": geometry_metadata(shown.geometry)},
+    }
+    if shown.array is not arr:
+        metadata["source_voxels"] = arr  # the layer shows a reoriented/resampled copy; detection uses these
     kwargs = {
         "name": name or volume.name,
-        "affine": napari_affine(g),
+        "affine": napari_affine(shown.geometry),
         "colormap": "gray",
         # one slice, never a slab average: napari 0.9 returns an empty slab along flipped axes
         "projection_mode": "none",
         "contrast_limits": (float(lo), float(hi)),
-        "metadata": {
-            KIND_KEY: "volume",
-            "path": volume.path,
-            "spacing": tuple(g.spacing),
-            "origin": tuple(g.origin),
-            "direction": g.direction.tolist(),
-        },
+        "metadata": metadata,
     }
-    return arr, kwargs, "image"
+    return shown.array, kwargs, "image"
+
+
+def display_note(metadata: Mapping[str, Any] | None) -> str:
+    """How an image layer made here shows its scan ("" for other layers)."""
+    return str(((metadata or {}).get("display") or {}).get("note") or "")
 
 
 def volume_from_image_layer(data: np.ndarray, metadata: Mapping[str, Any] | None = None,
                             affine: np.ndarray | None = None) -> Volume:
-    """The Volume behind an image layer: geometry from our metadata, else from the layer affine."""
-    arr = np.asarray(data)
+    """The Volume behind an image layer: the original voxels and geometry from our metadata (never the
+    display copy of a reoriented or resampled scan), else the layer's data and affine."""
+    meta = dict(metadata or {})
+    arr = np.asarray(meta["source_voxels"] if meta.get(KIND_KEY) == "volume" and meta.get("source_voxels")
+                     is not None else data)
     if arr.ndim != 3:
         raise DGLandmarkError(f"image layer is {arr.ndim}D; a 3D volume is needed")
-    meta = dict(metadata or {})
     if meta.get(KIND_KEY) == "volume":
         geometry = Geometry(arr.shape, tuple(meta["spacing"]), tuple(meta["origin"]),
                             np.asarray(meta["direction"], dtype=float))

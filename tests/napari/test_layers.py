@@ -49,13 +49,24 @@ def test_image_layer_data_and_back():
     g = _oblique_geometry()
     vol = Volume(np.arange(120, dtype=np.int16).reshape(g.shape), g, "/x/case.nii.gz")
     data, kwargs, kind = image_layer_data(vol)
-    assert kind == "image" and data is vol.array and kwargs["name"] == "case"
+    # oblique: napari gets an LPS-aligned display copy (no rotation); the original travels in the metadata
+    assert kind == "image" and data is not vol.array and kwargs["name"] == "case"
+    linear = kwargs["affine"][:3, :3]
+    np.testing.assert_allclose(linear, np.diag(np.diag(linear)), atol=1e-12)
+    assert kwargs["metadata"]["display"]["how"] == "resampled"
     lo, hi = kwargs["contrast_limits"]
     assert lo < hi
     again = volume_from_image_layer(data, kwargs["metadata"])
+    assert again.array is vol.array  # detection runs on the original voxels, not the display copy
     assert again.geometry.spacing == g.spacing and again.path == vol.path
-    again = volume_from_image_layer(data, None, kwargs["affine"])
     np.testing.assert_allclose(again.geometry.direction, g.direction, atol=1e-12)
+    shown = volume_from_image_layer(data, None, kwargs["affine"])  # a layer without our metadata: its own grid
+    np.testing.assert_allclose(shown.geometry.direction, np.eye(3), atol=1e-12)
+    straight = Volume(vol.array, Geometry(g.shape, g.spacing, g.origin, np.diag([-1.0, -1.0, 1.0])), None)
+    data, kwargs, _ = image_layer_data(straight)
+    assert data is straight.array and "source_voxels" not in kwargs["metadata"]  # nothing to reorient: no copy
+    again = volume_from_image_layer(data, None, kwargs["affine"])
+    np.testing.assert_allclose(again.geometry.direction, straight.geometry.direction, atol=1e-12)
 
 
 def _landmarks() -> Landmarks:

@@ -13,6 +13,7 @@ from napari_dglandmark._reader import napari_get_reader
 from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME, afids_t1w
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_landmarks, read_volume
+from napari_dglandmark.layers import volume_from_image_layer
 
 from .conftest import PLUGIN
 
@@ -185,6 +186,20 @@ def test_oblique_volume_keeps_index_to_mm(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin=PLUGIN)
     layer = viewer.layers[0]
+    # detection's volume keeps the file's index <-> mm mapping
+    original = volume_from_image_layer(layer.data, layer.metadata, layer.affine.affine_matrix)
     ijk = np.array([[0, 0, 0], [10, 9, 8], [2.5, 3.25, 7.0]])
-    world = np.array([layer.data_to_world(tuple(p[::-1])) for p in ijk])
-    np.testing.assert_allclose(world, vol.index_to_physical(ijk)[:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(original.index_to_physical(ijk), vol.index_to_physical(ijk), atol=1e-5)
+    # and each voxel napari draws holds the file's trilinear intensity at that voxel's world position (SimpleITK)
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    checked = 0
+    for kji in np.argwhere(np.ones(layer.data.shape, bool))[::7]:
+        lps = np.asarray(layer.data_to_world(tuple(kji)), dtype=float)[::-1]
+        inside = vol.physical_to_index(lps)
+        if np.all(inside > 0) and np.all(inside < np.array(vol.geometry.size) - 1):
+            expected = image.EvaluateAtPhysicalPoint(lps.tolist(), sitk.sitkLinear)
+            assert abs(float(layer.data[tuple(kji)]) - expected) <= 0.5 + 1e-3
+            checked += 1
+    assert checked > 20
