@@ -16,9 +16,6 @@ from typing import Any
 from .errors import DGLandmarkError
 
 FORMATS = ("csv", "mrk.json", "fcsv")
-# Columns of the detection CSV (stdout or one --out .csv for the whole batch), in order.
-CSV_COLUMNS = ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "needs_review",
-               "image_warning"]
 EXIT_FAILED = 2  # some image (or the whole run) failed: same status as any bad input
 QUALITY_HELP = """\
 output columns:
@@ -102,14 +99,14 @@ class BatchWriter:
     def add(self, image: str, volume: Any, landmarks: Any) -> None:
         from .io import write_landmarks
         from .io.atomic import write_text_atomic
-        from .io.csv_table import format_rows, landmark_rows
+        from .io.csv_table import LANDMARK_COLUMNS, format_rows, landmark_rows
 
         plan = self.plan
         if plan.fmt == "csv" and not plan.to_dir:
             rows = landmark_rows(landmarks, self.coords, volume.geometry, extra={"image": str(image)})
-            rows = [{c: r.get(c, "") for c in CSV_COLUMNS} for r in rows]
+            rows = [{c: r.get(c, "") for c in LANDMARK_COLUMNS} for r in rows]  # the one landmark table
             if plan.target is None:  # stream: the rows of each image as soon as it is done
-                text = format_rows(rows, first=CSV_COLUMNS)
+                text = format_rows(rows)
                 if self.header_written:
                     text = text.split("\n", 1)[1]
                 sys.stdout.write(text)
@@ -117,7 +114,7 @@ class BatchWriter:
                 self.header_written = True
             else:  # the whole table so far, replaced atomically: a crash keeps every finished image
                 self.csv_rows += rows
-                write_text_atomic(plan.target, format_rows(self.csv_rows, first=CSV_COLUMNS))
+                write_text_atomic(plan.target, format_rows(self.csv_rows))
             return
         path = plan.image_path(image) if plan.to_dir else plan.target
         assert path is not None

@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import DGLandmarkError
 from .io.display import display_volume
-from .io.landmarks import Landmarks, normalise_name
+from .io.landmarks import REVIEWED, Landmarks, normalise_name
+from .io.landmarks import placed_by as placed_by  # noqa: F401 - the table widget's per-row "placed by"
 from .io.volume import Geometry, Volume, lps_to_ras
 from .protocols import Protocol, available_protocols, load_protocol
 
@@ -41,8 +42,6 @@ SYMBOL_REVIEW = "star"
 BORDER_REVIEW = "#ffffff"
 BORDER_WIDTH_NORMAL = 0.1  # relative to the point size
 BORDER_WIDTH_LOW_CONFIDENCE = 0.2
-#: statuses that mean a person has looked at (or placed) the landmark
-REVIEWED = ("corrected", "added", "verified")
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 _REVERSE = np.array([2, 1, 0])
 
@@ -199,24 +198,6 @@ def pending_review(landmarks: Landmarks, flags: Mapping[str, bool] | None = None
     """Per row: flagged for review, has a position, and no person has verified, moved or placed it yet."""
     touched = np.array([s in REVIEWED for s in landmarks.status], dtype=bool)
     return review_flags(landmarks, flags) & landmarks.defined & ~touched
-
-
-def placed_by(landmarks: Landmarks) -> list[str]:
-    """Per row: who placed the current position, ``model`` or ``human`` ("" when missing or unknown)."""
-    core = getattr(landmarks, "placed_by", None)
-    out = []
-    for i, status in enumerate(landmarks.status):
-        if not landmarks.defined[i]:
-            out.append("")
-        elif status in ("corrected", "added"):
-            out.append("human")  # a person's position, whatever the core recorded before the edit
-        elif core is not None and len(core) == len(landmarks) and core[i]:
-            out.append(str(core[i]))
-        elif status in ("predicted", "verified") and landmarks.model:
-            out.append("model")
-        else:
-            out.append("")
-    return out
 
 
 def review_counts(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> tuple[int, int, int]:

@@ -21,8 +21,15 @@ import numpy as np
 
 from .errors import DGLandmarkError
 from .io.atomic import write_text_atomic
-from .io.csv_table import format_rows, landmark_rows
-from .io.landmarks import Landmarks, check_coordinate_system, distance, normalise_name
+from .io.csv_table import LANDMARK_COLUMNS, format_rows, landmark_rows
+from .io.landmarks import (
+    REVIEWED,
+    Landmarks,
+    check_coordinate_system,
+    distance,
+    normalise_name,
+    placed_by_after,
+)
 from .io.markups_json import write_mrk_json
 from .io.volume import Geometry, strip_volume_suffix
 from .protocols import Protocol
@@ -31,10 +38,8 @@ SIDECAR_SUFFIX = ".dglandmark.json"
 #: when set, every sidecar goes into this folder (tests, read-only data trees)
 SIDECAR_DIR_ENV = "DGLANDMARK_SIDECAR_DIR"
 SIDECAR_VERSION = 1
-#: statuses that mean a person touched the landmark
-EDITED = ("corrected", "added", "verified")
-EXPORT_COLUMNS = ("landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence", "needs_review",
-                  "status", "placed_by", "image", "model", "model_sha256", "exported_at", "image_warning")
+#: the landmark CSV of an export: the one landmark table (``io.csv_table``)
+EXPORT_COLUMNS = LANDMARK_COLUMNS
 MEASUREMENT_COLUMNS = ("measurement", "value_mm", "from", "to", "status")
 
 
@@ -48,7 +53,7 @@ def apply_statuses(old: Landmarks, new: Landmarks) -> Landmarks:
     Moved -> ``corrected`` (an ``added`` one stays ``added``), gone -> ``missing``, placed where
     it was missing -> ``added``; unchanged landmarks keep their status. A moved landmark keeps the
     model's confidence (what the model thought of its own position); an added one has none (NaN):
-    a person placed it. ``placed_by`` (when the core carries it) becomes ``human`` for both.
+    a person placed it. ``placed_by`` becomes ``human`` for both (``io.landmarks.placed_by_after``).
     """
     out = new.copy()
     for i, name in enumerate(out.names):
@@ -71,9 +76,7 @@ def apply_statuses(old: Landmarks, new: Landmarks) -> Landmarks:
     for i, status in enumerate(out.status):
         if status == "added":
             out.confidence[i] = np.nan
-    by = getattr(out, "placed_by", None)
-    if by is not None and len(by) == len(out):
-        out.placed_by = ["human" if st in ("corrected", "added") else by[i] for i, st in enumerate(out.status)]
+    out.placed_by = [placed_by_after(st, by) for st, by in zip(out.status, out.placed_by, strict=True)]
     return out
 
 
@@ -94,6 +97,8 @@ class CorrectionSession:
         self.model = model if model is not None else landmarks.model
         self.model_sha256 = model_sha256
         self.protocol = protocol
+        #: the sidecar entry it saves to (None: the model's); a second layer of one image and model has its own
+        self.sidecar_key: str | None = None
         self.max_undo = max_undo
         self.unexported = False
         self._undo: list[Landmarks] = []
@@ -103,8 +108,8 @@ class CorrectionSession:
     # -- edits -------------------------------------------------------------------------------
     @property
     def edited(self) -> bool:
-        """True when a person changed any landmark (a status in EDITED, or one deleted)."""
-        return any(s in EDITED for s in self.landmarks.status) or bool(self._undo)
+        """True when a person changed any landmark (a status in ``REVIEWED``, or one deleted)."""
+        return any(s in REVIEWED for s in self.landmarks.status) or bool(self._undo)
 
     @property
     def can_undo(self) -> bool:
@@ -163,8 +168,7 @@ class CorrectionSession:
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         lms = self.landmarks
-        flags = getattr(lms, "needs_review", None)
-        flags = flags if flags is not None and len(flags) == len(lms) else None
+        flags = lms.needs_review
         return {
             "model": self.model, "model_sha256": self.model_sha256, "protocol": self.protocol,
             "unexported": self.unexported,
@@ -274,7 +278,7 @@ def save_sidecar(session: CorrectionSession) -> Path:
         entries = read_sidecar(session.image)
     except DGLandmarkError:
         entries = {}  # a damaged sidecar is replaced rather than blocking every save
-    entries[_entry_key(session.model)] = session.to_dict()
+    entries[session.sidecar_key or _entry_key(session.model)] = session.to_dict()
     doc = {"format": "napari-dglandmark sidecar", "version": SIDECAR_VERSION, "image": str(session.image),
            "entries": entries}
     write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
@@ -287,21 +291,14 @@ def export_rows(landmarks: Landmarks, coords: str = "RAS", geometry: Geometry | 
     """Landmark CSV rows with every column of :data:`EXPORT_COLUMNS` (blank when unknown)."""
     extra = {"image": landmarks.image or "", "model": landmarks.model or "", "model_sha256": model_sha256 or "",
              "exported_at": exported_at or _now()}
-    rows = landmark_rows(landmarks, coords, geometry, extra)
-    by = list(getattr(landmarks, "placed_by", None) or [""] * len(landmarks))
-    for row, who in zip(rows, by, strict=True):
-        row["placed_by"] = who if landmarks.status[landmarks.index_of(row["landmark"])] != "missing" else ""
-        for column in EXPORT_COLUMNS:
-            row.setdefault(column, "")
-    return rows
+    return landmark_rows(landmarks, coords, geometry, extra)
 
 
 def export_landmarks_csv(path: str | os.PathLike, landmarks: Landmarks, coords: str = "RAS",
                          geometry: Geometry | None = None, model_sha256: str | None = None,
                          exported_at: str | None = None) -> Path:
     """Write the landmark CSV (atomically)."""
-    write_text_atomic(path, format_rows(export_rows(landmarks, coords, geometry, model_sha256, exported_at),
-                                        first=EXPORT_COLUMNS))
+    write_text_atomic(path, format_rows(export_rows(landmarks, coords, geometry, model_sha256, exported_at)))
     return Path(path)
 
 

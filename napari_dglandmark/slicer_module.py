@@ -48,9 +48,9 @@ CONTRIBUTOR = "napari-dglandmark developers"
 
 
 def documentation_url() -> str:
-    """The README's "In 3D Slicer" section when the source checkout is there, else the package page."""
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    return readme.as_uri() + "#in-3d-slicer" if readme.is_file() else PYPI_URL
+    """The project's page (its README, "In 3D Slicer" included): the same on every machine, never a
+    ``file://`` path of the machine the module was written on."""
+    return PYPI_URL
 
 
 def bundled_model_names() -> list[str]:
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .io import read_volume, write_landmarks
     from .io.atomic import write_text_atomic
-    from .io.csv_table import format_rows, landmark_rows
+    from .io.csv_table import flag, format_rows, landmark_rows
     from .model.inference import load_detector
     from .protocols import protocol_or_none
     from .session import MEASUREMENT_COLUMNS, measurement_table
@@ -292,20 +292,19 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_or_none(detector.info.protocol)
     landmarks = detector.detect(volume, progress=_progress)
     landmarks.image = str(args.inputVolume)
-    review = [bool(r) for r in landmarks.review_flags()]
-    flags = {n: "true" if r else "false" for n, r in zip(landmarks.names, review, strict=True)}
+    review = [bool(r) for r in landmarks.open_review_flags()]
+    flagged = {n for n, r in zip(landmarks.names, review, strict=True) if r}
 
     rows = measurement_table(landmarks, protocol)
     for row in rows:
-        row["needs_review"] = "true" if flags.get(row["from"]) == "true" or flags.get(row["to"]) == "true" else "false"
+        row["needs_review"] = flag(row["from"] in flagged or row["to"] in flagged)
     write_text_atomic(args.outputMeasurements, format_rows(rows, first=[*MEASUREMENT_COLUMNS, "needs_review"])
                       if rows else ",".join([*MEASUREMENT_COLUMNS, "needs_review"]) + "\n")
 
-    lm_rows = landmark_rows(landmarks, "RAS", volume.geometry, extra={"model": detector.info.name})
-    for row in lm_rows:
-        row["needs_review"] = flags[row["landmark"]]
-    write_text_atomic(args.outputLandmarkTable, format_rows(lm_rows, first=[
-        "landmark", "x", "y", "z", "coordinate_system", "confidence", "needs_review", "status", "i", "j", "k"]))
+    # the one landmark table (io.csv_table.LANDMARK_COLUMNS), as the CLI and the napari export write it
+    lm_rows = landmark_rows(landmarks, "RAS", volume.geometry,
+                            extra={"model": detector.info.name, "model_sha256": detector.info.sha256 or ""})
+    write_text_atomic(args.outputLandmarkTable, format_rows(lm_rows))
 
     if args.outputLandmarks:
         shown = landmarks.copy()

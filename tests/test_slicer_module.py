@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from napari_dglandmark import __version__
+from napari_dglandmark.io.csv_table import LANDMARK_COLUMNS
 from napari_dglandmark.slicer_module import MODULE_NAME, module_xml, write_module
 from tests.conftest import SHARED_DATA, T1W, require_shared
 
@@ -110,6 +111,7 @@ def test_xml_declares_what_slicer_needs() -> None:
     root = ET.fromstring(xml)
     for tag in ("category", "title", "description", "documentation-url", "license", "contributor"):
         assert (root.findtext(tag) or "").strip(), tag
+    assert root.findtext("documentation-url").startswith("https://")  # never a path of the machine that wrote it
     assert root.findtext("version") == __version__
     p = _params(xml)
     assert (p["inputVolume"].tag, p["inputVolume"].findtext("channel"), p["inputVolume"].findtext("index")) == (
@@ -243,9 +245,10 @@ def test_slicer_style_run_matches_the_cli(launcher: Path, tmp_path: Path) -> Non
 
     rows = _slicer_table(out["outputLandmarkTable"])
     assert [r["landmark"] for r in rows] == labels
-    assert {r["needs_review"] for r in rows} <= {"true", "false"}
+    assert list(rows[0]) == list(LANDMARK_COLUMNS)  # the one landmark table, as the CLI writes it
+    assert {r["needs_review"] for r in rows} <= {"1", "0"}
     for r, d in zip(rows, descriptions, strict=True):
-        assert (r["needs_review"] == "true") == ("NEEDS REVIEW" in d)
+        assert (r["needs_review"] == "1") == ("NEEDS REVIEW" in d)
         assert abs(float(r["confidence"]) - float(d.split("confidence ")[1][:4])) <= 0.006
     measurements = {r["measurement"]: r for r in _slicer_table(out["outputMeasurements"])}
     ac_pc = np.linalg.norm(ras[labels.index("AC")] - ras[labels.index("PC")])

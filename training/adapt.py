@@ -25,7 +25,15 @@ import torch
 
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_landmarks, read_volume
-from napari_dglandmark.io.landmarks import Landmarks, normalise_name
+from napari_dglandmark.io.landmarks import (
+    REVIEW_STATUSES,
+    REVIEWED,
+    Landmarks,
+    count_reviewed,
+    is_reviewed_file,
+    normalise_name,
+    reviewed,
+)
 from napari_dglandmark.io.volume import Volume
 from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
 from napari_dglandmark.model.inference import Cancelled, Detector, bundled_models, resolve_model
@@ -34,10 +42,6 @@ from napari_dglandmark.sample import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 
 from .detector import Case, DetectorRecipe, DetectorTrainer, landmark_case
 
-#: statuses that mean a person looked at (or placed) the landmark
-REVIEWED = ("verified", "corrected", "added")
-#: statuses written by the model or the review workflow: their presence means "this file was reviewed"
-REVIEW_STATUSES = ("predicted",) + REVIEWED
 MIN_CASES = 1
 HOLD_OUT_FROM = 3  # with this many cases or more, one is held back for early stopping
 Progress = Callable[[int, int], None]
@@ -98,27 +102,6 @@ class AdaptResult:
 
 
 # --------------------------------------------------------------------------------------------- cases
-
-
-def is_reviewed_file(landmarks: Landmarks) -> bool:
-    """True when the landmarks carry review statuses (a detection that a person went through)."""
-    return any(s in REVIEW_STATUSES for s in landmarks.status)
-
-
-def reviewed(landmarks: Landmarks) -> Landmarks:
-    """The landmarks that count as truth: with review statuses only verified/corrected/added ones
-    (the others become missing); without statuses (a plain annotation file) every defined one."""
-    out = landmarks.copy()
-    if is_reviewed_file(landmarks):
-        keep = np.array([s in REVIEWED for s in landmarks.status], dtype=bool)
-        out.positions[~keep] = np.nan
-        out.status = [s if k else "missing" for s, k in zip(landmarks.status, keep, strict=True)]
-    return out
-
-
-def count_reviewed(landmarks: Landmarks) -> int:
-    """How many landmarks of ``landmarks`` would be used as truth."""
-    return int(reviewed(landmarks).defined.sum())
 
 
 def landmarks_sha256(landmarks: Landmarks) -> str:
@@ -445,5 +428,5 @@ def _provenance(base_path: Path, meta: dict, cases: Sequence[AdaptCase], held: A
     }
 
 
-__all__ = ["REVIEWED", "AdaptCase", "AdaptOptions", "AdaptResult", "adapt", "adapt_recipe", "cases_from_dataset",
+__all__ = ["REVIEWED", "REVIEW_STATUSES", "is_reviewed_file", "AdaptCase", "AdaptOptions", "AdaptResult", "adapt", "adapt_recipe", "cases_from_dataset",
            "check_cases", "count_reviewed", "default_output", "reviewed"]

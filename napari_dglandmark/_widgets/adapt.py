@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidge
 
 from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
+from ..io.landmarks import count_reviewed
 from ..layers import landmarks_from_points, volume_from_image_layer
 from . import landmark_layers, unwrap
 from ._worker import WorkerRun
@@ -81,8 +82,6 @@ def _image_layer_for(viewer: Any, points: Any) -> Any | None:
 def gather(viewer: Any) -> tuple[list[tuple[Any, Any, Any]], list[str]]:
     """(image layer, landmark layer, Landmarks) of every scan with reviewed landmarks, and notes on
     what was left out. One landmark layer per image: the one with the most reviewed landmarks."""
-    from training.adapt import count_reviewed
-
     best: dict[int, tuple[int, Any, Any, Any]] = {}
     notes: list[str] = []
     for points in landmark_layers(viewer):
@@ -106,8 +105,6 @@ def gather(viewer: Any) -> tuple[list[tuple[Any, Any, Any]], list[str]]:
 
 
 def count_text(pairs: list[tuple[Any, Any, Any]]) -> str:
-    from training.adapt import count_reviewed
-
     scans = len(pairs)
     marks = sum(count_reviewed(lms) for _, _, lms in pairs)
     return f"{scans} scan{'s' if scans != 1 else ''}, {marks} landmark{'s' if marks != 1 else ''} reviewed"

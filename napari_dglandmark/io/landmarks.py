@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -13,8 +14,29 @@ from .geometry import lps_to_ras, ras_to_lps
 #: confidence below which a landmark without a quality review counts as needing review
 LOW_CONFIDENCE = 0.5
 
-#: statuses a landmark can have; ``missing`` keeps its row but has no position
-STATUSES = ("defined", "predicted", "corrected", "added", "verified", "missing")
+
+
+class Status(StrEnum):
+    """What happened to a landmark; a member equals its string (``Status.VERIFIED == "verified"``)."""
+
+    DEFINED = "defined"  # a position from a file that carries no review state (plain annotation)
+    PREDICTED = "predicted"  # placed by the model, nobody has looked at it yet
+    CORRECTED = "corrected"  # a person moved the model's position
+    ADDED = "added"  # a person placed it where there was none
+    VERIFIED = "verified"  # a person accepted the model's position
+    MISSING = "missing"  # keeps its row but has no position
+
+
+#: statuses a landmark can have
+STATUSES = tuple(Status)
+#: statuses that mean a person looked at (or placed) the landmark: their positions are truth
+REVIEWED = (Status.VERIFIED, Status.CORRECTED, Status.ADDED)
+#: statuses written by the model or the review workflow: their presence means "this file went through review"
+REVIEW_STATUSES = (Status.PREDICTED, *REVIEWED)
+#: statuses whose position a person put there (whoever placed it before)
+PLACED_BY_HUMAN = (Status.CORRECTED, Status.ADDED)
+#: statuses whose position the model put there
+PLACED_BY_MODEL = (Status.PREDICTED, Status.VERIFIED)
 #: who placed a landmark's current position
 PLACED_BY = ("model", "human")
 
@@ -59,7 +81,7 @@ class Landmarks:
         if not self.status:
             self.status = ["missing" if np.isnan(p).any() else "defined" for p in self.positions]
         if not self.placed_by:
-            self.placed_by = ["model" if s in ("predicted", "verified") else "human" for s in self.status]
+            self.placed_by = [default_placed_by(s) for s in self.status]
         if not (len(self.descriptions) == len(self.status) == len(self.placed_by) == n):
             raise ValueError("names, descriptions, status and placed_by must have the same length")
         if self.needs_review is not None:
@@ -136,6 +158,11 @@ class Landmarks:
         conf = np.asarray(self.confidence, dtype=float)
         return np.isfinite(conf) & (conf < LOW_CONFIDENCE)
 
+    def open_review_flags(self) -> np.ndarray:
+        """Per row: still needs review, i.e. :meth:`review_flags` unless a person reviewed it
+        (:data:`REVIEWED`). What every file writes as ``needs_review``: reviewed means reviewed."""
+        return self.review_flags() & ~np.array([s in REVIEWED for s in self.status], dtype=bool).reshape(len(self))
+
     def copy(self) -> Landmarks:
         return Landmarks(list(self.names), self.positions.copy(), list(self.descriptions),
                          self.confidence.copy(), list(self.status), self.image, self.model,
@@ -155,3 +182,40 @@ def check_coordinate_system(coords: str) -> str:
 def distance(landmarks: Landmarks, a: str, b: str) -> float:
     """Euclidean distance in mm between two named landmarks; NaN if either is missing."""
     return float(np.linalg.norm(landmarks.get(a) - landmarks.get(b)))
+
+
+def default_placed_by(status: str) -> str:
+    """Who placed a position, from its status alone (files without a ``placed_by``)."""
+    return "model" if status in PLACED_BY_MODEL else "human"
+
+
+def placed_by_after(status: str, before: str) -> str:
+    """Who placed a position now: ``human`` once a person moved or placed it, else ``before``."""
+    return "human" if status in PLACED_BY_HUMAN else before
+
+
+def placed_by(landmarks: Landmarks) -> list[str]:
+    """Per row, who placed the current position (``model`` / ``human``); ``""`` when it has none."""
+    return [placed_by_after(status, before) if landmarks.defined[i] else ""
+            for i, (status, before) in enumerate(zip(landmarks.status, landmarks.placed_by, strict=True))]
+
+
+def is_reviewed_file(landmarks: Landmarks) -> bool:
+    """True when the landmarks carry review statuses (a detection that a person went through)."""
+    return any(s in REVIEW_STATUSES for s in landmarks.status)
+
+
+def reviewed(landmarks: Landmarks) -> Landmarks:
+    """The landmarks that count as truth: with review statuses only verified/corrected/added ones
+    (the others become missing); without statuses (a plain annotation file) every defined one."""
+    out = landmarks.copy()
+    if is_reviewed_file(landmarks):
+        keep = np.array([s in REVIEWED for s in landmarks.status], dtype=bool)
+        out.positions[~keep] = np.nan
+        out.status = [s if k else Status.MISSING.value for s, k in zip(landmarks.status, keep, strict=True)]
+    return out
+
+
+def count_reviewed(landmarks: Landmarks) -> int:
+    """How many landmarks of ``landmarks`` count as truth (see :func:`reviewed`)."""
+    return int(reviewed(landmarks).defined.sum())

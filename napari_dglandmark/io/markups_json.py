@@ -146,9 +146,10 @@ def read_mrk_json(path: str | os.PathLike) -> Landmarks:
 def _control_point(k: int, name: str, description: str, position: np.ndarray | None,
                    status: str | None = None, confidence: float = float("nan"),
                    needs_review: bool | None = None) -> dict:
-    """One control point; a flagged one (``needs_review``) is Slicer-"selected" and its description says so."""
-    if needs_review:
-        description = _with_note(description)
+    """One control point; a flagged one (``needs_review``) is Slicer-"selected" and its description says so
+    (a point not flagged loses the note: a person reviewed it)."""
+    if needs_review is not None:
+        description = _with_note(description) if needs_review else _without_note(description)
     point: dict = {"id": str(k), "label": name, "description": description, "associatedNodeID": ""}
     if position is None or np.isnan(position).any():
         point["positionStatus"] = "undefined"
@@ -186,12 +187,13 @@ def markups_document(landmarks: Landmarks, coords: str = "LPS", name: str = "Lan
                      color: Sequence[float] | None = None) -> dict:
     """The JSON document: one point list, plus one Line per ``(name, from, to)`` measurement.
 
-    With review flags, flagged points are the "selected" ones (drawn in ``REVIEW_COLOR``) and say
+    With review flags, the points that still need review (``Landmarks.open_review_flags``: not
+    verified, corrected or added) are the "selected" ones (drawn in ``REVIEW_COLOR``) and say
     ``NEEDS REVIEW`` in their description; the image warning is kept on the point list.
     """
     system = check_coordinate_system(coords)
     pos = landmarks.positions_in(system)
-    review = landmarks.needs_review
+    review = None if landmarks.needs_review is None else landmarks.open_review_flags()
     points = [_control_point(i + 1, n, landmarks.descriptions[i], pos[i], landmarks.status[i],
                              landmarks.confidence[i], None if review is None else bool(review[i]))
               for i, n in enumerate(landmarks.names)]

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from napari_dglandmark import detect_cli
 from napari_dglandmark.cli import main
 from napari_dglandmark.io import read_landmarks
+from napari_dglandmark.io.csv_table import LANDMARK_COLUMNS
 
 
 def _head(path, shift=0):
@@ -95,7 +96,7 @@ def test_stdout_streams_one_header_and_every_good_image(images, tiny_model_path,
     assert main(["detect", good_a, bad, good_b, "--model", str(tiny_model_path)]) == 2
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == ",".join(detect_cli.CSV_COLUMNS) and sum(ln.startswith("image,") for ln in lines) == 1
+    assert lines[0] == ",".join(LANDMARK_COLUMNS) and sum(ln.startswith("landmark,") for ln in lines) == 1
     assert len(lines) == 1 + 64
 
 

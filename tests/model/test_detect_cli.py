@@ -45,8 +45,11 @@ def test_detect_csv_rows(head, tiny_model_path, tmp_path, capsys):
     out = tmp_path / "out.csv"
     assert main(["detect", str(head), str(head), "--model", str(tiny_model_path), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["image", "landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence",
-                             "needs_review", "image_warning"]
+    assert list(rows[0]) == ["landmark", "x", "y", "z", "coordinate_system", "i", "j", "k", "confidence",
+                             "needs_review", "status", "placed_by", "image", "model", "model_sha256", "exported_at",
+                             "image_warning"]
+    assert {r["status"] for r in rows} == {"predicted"} and {r["placed_by"] for r in rows} == {"model"}
+    assert {r["needs_review"] for r in rows} <= {"1", "0"}
     assert len(rows) == 64 and {r["coordinate_system"] for r in rows} == {"RAS"}
     # i, j, k and x, y, z describe the same point: RAS = flip(LPS), LPS = origin + D diag(spacing) ijk
     r = rows[0]
