@@ -124,14 +124,10 @@ class BatchWriter:
 
 def _load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
     """(detector, protocol or None); a bad model or protocol fails here, before any image is read."""
-    import torch
-
     from .model.inference import load_detector
     from .protocols import load_protocol, protocol_or_none
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector = load_detector(args.model, device=args.device)
+    detector = load_detector(args.model, device=args.device, backend=args.backend, threads=args.threads)
     protocol = protocol_or_none(detector.info.protocol)
     if args.protocol:
         wanted = load_protocol(args.protocol)
@@ -224,14 +220,16 @@ def _summary(args: argparse.Namespace, plan: OutputPlan, n_landmarks: int, done:
 
 
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:
-    from .model.devices import DEVICE_CHOICES
+    from .model.registry import BACKEND_CHOICES, BACKEND_HELP, DEVICE_CHOICES
 
     p = sub.add_parser("detect", help="detect the landmarks of a protocol in 3D images",
                        description="Detect the landmarks of a protocol in 3D images.", epilog=QUALITY_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="NIfTI / NRRD / MetaImage file or DICOM folder")
     p.add_argument("--model", default=None, help="bundled model name (default afids32) or a .safetensors path")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto = CUDA, then MPS, then CPU")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="torch device: auto = CUDA, then MPS, then CPU")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--out", default=None, help="output .csv/.mrk.json/.fcsv file, or a folder (one file per image);"
                    " default: CSV on standard output. Each image is written as soon as it is done")
     p.add_argument("--coords", default="RAS", type=str.upper, choices=["RAS", "LPS"])
@@ -241,7 +239,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", default=None, help="refuse a model that is not for this protocol")
     p.add_argument("--series", default=None, metavar="ID",
                    help="the volume to read from a DICOM folder holding several (its error lists the ids)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the networks (default: the runtime's choice)")
     p.add_argument("--strict", action="store_true",
                    help="refuse (exit 2, nothing written) an image the model was not made for (see image_warning)")
     p.add_argument("--quiet", action="store_true")
@@ -250,7 +248,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     from .model.checkpoint import read_metadata
-    from .model.inference import bundled_models
+    from .model.registry import bundled_models
 
     models = bundled_models()
     if not models:

@@ -6,7 +6,7 @@ volume to a temporary NRRD and calls it with the flags and index arguments that 
 (flags first, then the index arguments in index order)::
 
     DGLandmarkDetect [--landmarks OUT.mrk.json] [--model NAME] [--checkpoint FILE] [--device D]
-                     INPUT.nrrd MEASUREMENTS.csv LANDMARKS.csv
+                     [--backend auto|onnx|torch] INPUT.nrrd MEASUREMENTS.csv LANDMARKS.csv
 
 Detection goes through the one inference path (:class:`~napari_dglandmark.model.inference.Detector`)
 and the project's writers. Every failure is one line on stderr and a non-zero exit status, which
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import DGLandmarkError
+from .model.registry import BACKEND_CHOICES, DEVICE_CHOICES
 
 if TYPE_CHECKING:
     from .io.landmarks import Landmarks
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
 
 MODULE_NAME = "DGLandmarkDetect"
 DEFAULT_MODEL = "afids32"
-# Kept in step with model.devices.DEVICE_CHOICES by a test; importing that module would import torch,
-# and Slicer waits only a few seconds for ``--xml`` when it scans its module paths.
-DEVICES = ("auto", "cpu", "cuda", "mps")
+# From the torch-free model.registry: Slicer waits only a few seconds for ``--xml`` when it scans its
+# module paths, and every run is a fresh process (the onnx backend starts without importing torch).
+DEVICES = DEVICE_CHOICES
 # Slicer starts command-line modules with its own Python and libraries on these variables; the
 # launcher gives them back the values they had where the module was written (unset when unset).
 LAUNCHER_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")
@@ -130,6 +131,10 @@ def module_xml() -> str:
            longflag="--checkpoint", channel="input", fileExtensions=".safetensors")
     _param(model_group, "string-enumeration", "device", "Device",
            "auto = CUDA, then Apple MPS, then CPU.", longflag="--device", default="auto", elements=DEVICES)
+    _param(model_group, "string-enumeration", "backend", "Backend",
+           "What runs the networks: auto = torch on a CUDA GPU, else ONNX Runtime on the CPU (starts faster); "
+           "onnx = ONNX Runtime; torch = PyTorch on the chosen device.", longflag="--backend", default="auto",
+           elements=BACKEND_CHOICES)
     ET.indent(root, space="  ")
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -234,6 +239,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name")
     p.add_argument("--checkpoint", default=None, help="a .safetensors model; overrides --model")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     # Passed by Slicer only to modules with return parameters or built as shared libraries.
     p.add_argument("--returnparameterfile", default=None, help=argparse.SUPPRESS)
     p.add_argument("--processinformationaddress", default=None, help=argparse.SUPPRESS)
@@ -288,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own warnings would be extra stderr lines
     print(f"<filter-start><filter-name>{MODULE_NAME}</filter-name></filter-start>", flush=True)
     volume = read_volume(args.inputVolume)
-    detector = load_detector(args.checkpoint or args.model, device=args.device)
+    detector = load_detector(args.checkpoint or args.model, device=args.device, backend=args.backend)
     protocol = protocol_or_none(detector.info.protocol)
     landmarks = detector.detect(volume, progress=_progress)
     landmarks.image = str(args.inputVolume)

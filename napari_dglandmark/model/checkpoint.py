@@ -1,6 +1,7 @@
 """Model files: safetensors weights with JSON metadata in the header, plus a sidecar ``<stem>.json``.
 
 Pickles are never loaded; ``import_pth_state_dict`` reads raw state dicts with ``weights_only=True``.
+Reading metadata (``read_metadata``, ``file_sha256``) does not import torch; loading and saving do.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from ..errors import DGLandmarkError
 from ..io.atomic import atomic_path
-from .networks import NETWORKS, architecture_of, build_network
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 FORMAT_VERSION = 1
 HEADER_KEY = "dglandmark"
@@ -55,8 +56,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serialisable")
 
 
+def save_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' torch writer, imported when a model is saved."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
+
+
 def save_checkpoint(path: str | os.PathLike, network: nn.Module, metadata: dict[str, Any]) -> None:
     """Write ``network`` to ``path`` (.safetensors, metadata in the header) and a ``<stem>.json`` sidecar, atomically."""
+    from .networks import architecture_of
+
     out = Path(path)
     if out.suffix != SUFFIX:
         raise DGLandmarkError(f"model files must end in {SUFFIX}", out)
@@ -83,14 +93,14 @@ def _looks_pickled(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80") or zipfile.is_zipfile(path)
 
 
-def _open(path: Path):
-    """safe_open ``path``, turning every failure into a one-line DGLandmarkError."""
+def _open(path: Path, framework: str = "numpy"):
+    """safe_open ``path`` (``framework="pt"`` to read torch tensors), every failure a one-line DGLandmarkError."""
     if not path.exists():
         raise DGLandmarkError("model file not found", path)
     if not path.is_file():
         raise DGLandmarkError("not a file", path)
     try:
-        return safe_open(str(path), framework="pt", device="cpu")
+        return safe_open(str(path), framework=framework, device="cpu")
     except (SafetensorError, OSError) as exc:
         if _looks_pickled(path):
             raise DGLandmarkError(_PICKLE_HINT, path) from None
@@ -155,8 +165,10 @@ def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored in a .safetensors model file; returns (network in eval mode, metadata)."""
+    from .networks import NETWORKS, build_network
+
     src = Path(path)
-    with _open(src) as handle:
+    with _open(src, framework="pt") as handle:
         meta = _parse_metadata(src, handle.metadata())
         state = {key: handle.get_tensor(key) for key in handle.keys()}
     arch = meta["architecture"]
@@ -186,6 +198,8 @@ def _load_failure(exc: BaseException) -> str:
 
 def import_pth_state_dict(pth_path: str | os.PathLike, network: nn.Module) -> nn.Module:
     """Load a raw PyTorch state dict (``weights_only=True``, ``module.`` prefix stripped) into ``network``."""
+    import torch
+
     src = Path(pth_path)
     if not src.is_file():
         raise DGLandmarkError("file not found", src)

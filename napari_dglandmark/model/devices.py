@@ -1,12 +1,16 @@
-"""Choosing the compute device: ``auto`` = CUDA, then Apple MPS, then CPU."""
+"""Choosing the torch device: ``auto`` = CUDA, then Apple MPS, then CPU (the torch backend and training).
+
+The choices themselves live in the torch-free ``model.registry``.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from ..errors import DGLandmarkError
+from .registry import DEVICE_CHOICES
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+__all__ = ["DEVICE_CHOICES", "is_out_of_memory", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -1,87 +1,52 @@
 """The one inference path: volume + model -> named landmarks with positions and confidences.
 
-The CLI, the napari widget and ``dglandmark-train evaluate`` all call ``Detector.detect``.
+The CLI, the napari widget, the Slicer module and ``dglandmark-train evaluate`` all call
+``Detector.detect``. Everything but the networks runs on numpy (resampling, decoding, the quality
+review); the networks run on a :mod:`model.runners` runner: ONNX Runtime on the CPU (no torch
+import) or torch on any device. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import DGLandmarkError
+from ..io.geometry import Volume
 from ..io.landmarks import Landmarks
-from ..io.volume import Volume
-from .checkpoint import file_sha256, load_checkpoint
-from .decode import decode
-from .devices import is_out_of_memory, resolve_device
-from .pipeline import PipelineConfig, coarse_grid, coarse_input, fine_grids, fine_input, prepare_source
+from . import quality
+from .decode import decode_array
+from .pipeline import (
+    PipelineConfig,
+    Source,
+    coarse_grid,
+    coarse_input,
+    fine_grids,
+    fine_input,
+    fine_reach_mm,
+    fix_swapped_sides,
+    prepare_source,
+    side_pairs,
+)
+from .quality import DetectionState
+from .registry import DEFAULT_MODEL, ModelInfo, bundled_models, bundled_models_dir, model_info, resolve_model
+from .runners import Runner, TorchRunner, open_runner
 from .shape import ShapeModel, load_shape_model
 
 if TYPE_CHECKING:
-    from .pipeline import Source
+    import torch
+
+__all__ = ["DEFAULT_MODEL", "Cancelled", "DetectionState", "Detector", "ModelInfo", "bundled_models",
+           "bundled_models_dir", "load_detector", "resolve_model", "rigid_about"]
 
 Progress = Callable[[int, int], None]
 
 
 class Cancelled(Exception):
     """Raised inside ``detect`` when the caller's ``cancelled()`` returns True."""
-
-
-@dataclass
-class ModelInfo:
-    path: str
-    name: str
-    protocol: str
-    landmark_names: list[str]
-    sha256: str
-    metadata: dict
-
-
-def bundled_models_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "models"
-
-
-def bundled_models() -> dict[str, Path]:
-    """Bundled model name -> .safetensors path."""
-    return {p.name[: -len(".safetensors")]: p for p in sorted(bundled_models_dir().glob("*.safetensors"))}
-
-
-DEFAULT_MODEL = "afids32"
-
-
-def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
-    """A bundled model by name, or a checkpoint path."""
-    key = str(name_or_path or DEFAULT_MODEL)
-    models = bundled_models()
-    if key in models:
-        return models[key]
-    path = Path(key)
-    if path.exists():
-        return path
-    known = ", ".join(models) or "none"
-    raise DGLandmarkError(f"no bundled model or file named {key!r} (bundled: {known})")
-
-
-def load_model(model: str | os.PathLike | None, two_stage: bool) -> tuple[torch.nn.Module, ModelInfo]:
-    """Load a landmark checkpoint (CPU) and describe it; refuses the wrong kind of network."""
-    path = resolve_model(model)
-    network, meta = load_checkpoint(path, device="cpu")
-    if (network.__class__.__name__ == "TwoStageDetector") != two_stage:
-        what = ("is not a detection model (expected a two-stage landmark detector)" if two_stage
-                else "is a two-stage model; use inference.Detector")
-        raise DGLandmarkError(what, path)
-    if not meta.get("landmark_names"):
-        raise DGLandmarkError("checkpoint metadata lists no landmark names", path)
-    info = ModelInfo(str(path), meta.get("model_name", path.name[: -len(".safetensors")]),
-                     meta.get("protocol", ""), list(meta["landmark_names"]), file_sha256(path), meta)
-    return network, info
 
 
 def reference_shape(info: ModelInfo) -> ShapeModel | None:
@@ -102,15 +67,23 @@ def reference_shape(info: ModelInfo) -> ShapeModel | None:
 
 
 class Detector:
-    """A loaded model, reused across images."""
+    """A loaded two-stage model, reused across images.
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto") -> None:
-        network, self.info = load_model(model, two_stage=True)
-        self.device = resolve_device(device)
-        self.network = network.to(self.device)
+    ``backend``: ``auto`` (torch on a CUDA GPU, else ONNX Runtime on the CPU), ``onnx`` or ``torch``;
+    ``device`` is the torch device (``auto`` = CUDA, then MPS, then CPU). ``threads``: CPU threads
+    for the networks (0: the runtime's choice).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
+                 threads: int = 0) -> None:
+        self.info = model_info(model, two_stage=True)
+        self.threads = int(threads)
+        self.runner: Runner = open_runner(self.info, backend, device, self.threads)
         self.config = PipelineConfig.from_dict(self.info.metadata.get("pipeline", {}))
         self.bilateral_pairs = [tuple(p) for p in self.info.metadata.get("bilateral_pairs", [])]
+        self.side_pairs = side_pairs(self.names, self.bilateral_pairs)
         self.shape = reference_shape(self.info)
+        self.review_shape = quality.protocol_shape(self.names, self.shape, self.info.protocol)
         self.assess_quality = True  # plausibility, review flags and the image warning (``model.quality``)
         self.last_assessment = None  # the last detection's ``quality.Assessment`` (benchmarks, debugging)
 
@@ -118,47 +91,42 @@ class Detector:
     def names(self) -> list[str]:
         return self.info.landmark_names
 
-    def _run(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Forward pass with mixed precision on CUDA and a CPU fallback on out-of-memory."""
-        try:
-            with torch.inference_mode():
-                if self.device.type == "cuda":
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        return net(x.to(self.device)).float()
-                return net(x.to(self.device))
-        except (RuntimeError, MemoryError) as exc:
-            if self.device.type == "cpu" or not is_out_of_memory(exc):
-                raise
-            warnings.warn(f"{self.device.type} ran out of memory; falling back to the CPU", stacklevel=2)
-            self.device = torch.device("cpu")
-            self.network.to(self.device)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return self._run(net, x)
+    @property
+    def backend(self) -> str:
+        """``"onnx"`` or ``"torch"``: what runs the networks."""
+        return self.runner.backend
 
-    def _fix_swapped_sides(self, pos: np.ndarray, conf: np.ndarray, rotation: np.ndarray) -> None:
-        """Bilateral pairs keep their sides: in the head's own frame an R landmark lies at smaller
-        LPS x than its L twin (``rotation``: head frame -> image, from the canonical fit)."""
-        x = pos @ rotation  # rows: positions in the head frame (R^T p)
-        for right, left in self.bilateral_pairs:
-            try:
-                r, lft = self.names.index(right), self.names.index(left)
-            except ValueError:
-                continue
-            if x[r, 0] > x[lft, 0]:
-                pos[[r, lft]] = pos[[lft, r]]
-                x[[r, lft]] = x[[lft, r]]
-                conf[[r, lft]] = np.minimum(conf[r], conf[lft]) * 0.5
+    @property
+    def device(self) -> str:
+        return self.runner.device
 
-    def _coarse(self, source, center: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def network(self) -> torch.nn.Module:
+        """The torch ``TwoStageDetector`` (loaded on first use when the networks run on ONNX Runtime)."""
+        if isinstance(self.runner, TorchRunner):
+            return self.runner.network
+        if getattr(self, "_torch_network", None) is None:
+            from .checkpoint import load_checkpoint
+
+            self._torch_network, _ = load_checkpoint(self.info.path)
+        return self._torch_network
+
+    @network.setter
+    def network(self, network: torch.nn.Module) -> None:
+        """Run detection on ``network`` from now on (torch, on the device its weights are on), e.g. weights
+        being trained."""
+        device = next(network.parameters()).device
+        self.runner = TorchRunner(network, device, self.threads)
+
+    def _coarse(self, source: Source, center: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Coarse positions (LPS) and confidences on a grid around ``center``, seen through ``frame``."""
         grid = coarse_grid(self.config, center)
-        logits = self._run(self.network.coarse, coarse_input(source, grid, [frame]))[0]
-        index, conf = decode(logits.cpu(), "softmax-centroid", self.config.decode_radius_coarse)
-        pos = grid.index_to_physical(index.double().numpy())
+        logits = self.runner.run("coarse", coarse_input(source, grid, [frame]))[0]
+        index, conf = decode_array(logits, "softmax-centroid", self.config.decode_radius_coarse)
+        pos = grid.index_to_physical(index)
         if frame is not None:
             pos = pos @ frame[:3, :3].T + frame[:3, 3]
-        return pos, conf.numpy().astype(float)
+        return pos, conf
 
     def _canonical(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(rotation, head centre in the image) from a robust similarity fit of the reference
@@ -173,6 +141,11 @@ class Detector:
             return None
         center = self.shape.head_center if self.shape.head_center is not None else self.shape.reference.mean(0)
         return fit.rotation, fit.apply(center[None])[0]
+
+    def reviewer(self) -> quality.Reviewer:
+        """What the quality review sees of this detector."""
+        return quality.Reviewer(list(self.names), self.info.name, self.review_shape, self.refine, self.side_pairs,
+                                fine_reach_mm(self.config))
 
     def detect(self, volume: Volume, progress: Progress | None = None,
                cancelled: Callable[[], bool] | None = None) -> Landmarks:
@@ -196,7 +169,7 @@ class Detector:
             if cancelled and cancelled():
                 raise Cancelled()
 
-        source = prepare_source(volume, cfg, device="cpu")
+        source = prepare_source(volume, cfg, device=None)
         tick()
         pos, conf = self._coarse(source, source.center, None)
         rotation = np.eye(3)
@@ -208,20 +181,21 @@ class Detector:
             refit = self._canonical(pos)
             if refit is not None:
                 rotation = refit[0]
-        self._fix_swapped_sides(pos, conf, rotation)
+        pos, conf = fix_swapped_sides(pos, conf, rotation, self.side_pairs)
         tick()
         n = len(self.names)
         coarse_pos = pos.copy()
         pos, conf_fine = self.refine(source, pos, rotation, after_each=tick)
-        self._fix_swapped_sides(pos, conf_fine, rotation)
+        pos, conf_fine = fix_swapped_sides(pos, conf_fine, rotation, self.side_pairs)
         result = DetectionState(source, coarse_pos, np.clip(conf, 0, 1), pos, np.clip(conf_fine, 0, 1), rotation)
         if not self.assess_quality:
             confidence = np.sqrt(result.coarse_confidence * result.fine_confidence)
             return Landmarks(list(self.names), pos, confidence=confidence, status=["predicted"] * n,
                              image=volume.path, model=self.info.name, placed_by=["model"] * n)
-        from .quality import review
-
-        return review(self, volume, result)
+        reviewer = self.reviewer()
+        landmarks = quality.review(reviewer, volume, result)
+        self.last_assessment = reviewer.assessment
+        return landmarks
 
     def refine(self, source: Source, positions: np.ndarray, rotation: np.ndarray | None = None,
                indices: Sequence[int] | None = None, iterations: int | None = None,
@@ -243,27 +217,13 @@ class Detector:
         for _ in range(cfg.fine_iterations if iterations is None else iterations):
             grids = fine_grids(cfg, pos)
             frames = [rigid_about(rotation, p) for p in pos]
-            out = self._run(self.network.fine, fine_input(source, grids, frames)).cpu()
-            own = out[torch.arange(len(rows)), torch.as_tensor(rows)]  # patch k is read on its landmark's channel
-            idx, c = decode(own, "softmax-centroid", cfg.decode_radius_fine)
-            local = np.stack([g.index_to_physical(i) for g, i in zip(grids, idx.double().numpy(), strict=True)])
+            own = self.runner.run("fine", fine_input(source, grids, frames), channels=rows)  # patch k: its landmark
+            idx, conf = decode_array(own, "softmax-centroid", cfg.decode_radius_fine)
+            local = np.stack([g.index_to_physical(i) for g, i in zip(grids, idx, strict=True)])
             pos = np.stack([f[:3, :3] @ q + f[:3, 3] for f, q in zip(frames, local, strict=True)])
-            conf = c.numpy().astype(float)
             if after_each:
                 after_each()
         return pos, conf
-
-
-@dataclass
-class DetectionState:
-    """What ``Detector.detect`` knows before the quality review (positions LPS mm)."""
-
-    source: Source
-    coarse_positions: np.ndarray
-    coarse_confidence: np.ndarray
-    positions: np.ndarray
-    fine_confidence: np.ndarray
-    rotation: np.ndarray  # head frame -> image (identity without a canonical frame)
 
 
 def rigid_about(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -274,13 +234,17 @@ def rigid_about(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
     return m
 
 
-def load_detector(model: str | os.PathLike | None = None, device: str = "auto"):
+def load_detector(model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
+                  threads: int = 0):
     """The one loader for every kind of landmark checkpoint: ``Detector`` for two-stage models,
-    ``single_stage.SingleStageDetector`` for single networks (e.g. ``--preset paper``)."""
+    ``single_stage.SingleStageDetector`` (torch) for single networks (e.g. ``--preset paper``)."""
     from .checkpoint import read_metadata
-    from .single_stage import SingleStageDetector
 
     path = resolve_model(model)
     if read_metadata(path).get("architecture", {}).get("name") == "two-stage":
-        return Detector(path, device)
-    return SingleStageDetector(path, device)
+        return Detector(path, device, backend, threads)
+    from .single_stage import SingleStageDetector
+
+    if str(backend).lower() == "onnx":
+        raise DGLandmarkError("single-network models run on torch only (use --backend torch or auto)", path)
+    return SingleStageDetector(path, device, threads)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import DGLandmarkError
-from ..io.volume import Volume
+from ..io.geometry import Volume
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_NORMALISATION = {"kind": "percentile", "low": 0.5, "high": 99.5}
 
@@ -72,39 +75,52 @@ def intensity_window(arr: np.ndarray, low: float = 0.5, high: float = 99.5) -> t
     return float(lo), float(hi)
 
 
-def normalise(arr: np.ndarray | torch.Tensor, settings: dict | None = None) -> torch.Tensor:
-    """Window to the stored percentiles and scale to [0, 1] (float32 tensor)."""
+def normalise_array(arr: np.ndarray, settings: dict | None = None) -> np.ndarray:
+    """Window to the stored percentiles and scale to [0, 1]: a new float32 array."""
     s = {**DEFAULT_NORMALISATION, **(settings or {})}
     if s["kind"] != "percentile":
         raise DGLandmarkError(f"unknown intensity normalisation {s['kind']!r}")
-    data = arr if isinstance(arr, np.ndarray) else arr.cpu().numpy()
+    data = np.asarray(arr)
     finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
     if finite is not None and not finite.all():  # NaN / Inf are background: the window's low end
         lo, hi = intensity_window(data[finite], s["low"], s["high"])
         data = np.where(finite, data, np.asarray(lo, dtype=data.dtype))
     else:
         lo, hi = intensity_window(data, s["low"], s["high"])
-    t = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32)
-    return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
+    out = np.array(data, dtype=np.float32, order="C")
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def normalise(arr: np.ndarray | torch.Tensor, settings: dict | None = None) -> torch.Tensor:
+    """:func:`normalise_array` as a float32 CPU tensor (training)."""
+    import torch
+
+    data = arr if isinstance(arr, np.ndarray) else arr.cpu().numpy()
+    return torch.from_numpy(normalise_array(data, settings))
 
 
 HEAD_HEIGHT_MM = 170.0  # vertex to the skull base and a little below: the part of a scan that is head
 
 
-def foreground_center(volume: Volume, normalised: torch.Tensor | None = None) -> np.ndarray:
+def foreground_center(volume: Volume, normalised: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
     """LPS centre of the head: centroid of the foreground within ``HEAD_HEIGHT_MM`` of its top.
 
     Neck and shoulders in the field of view must not pull the centre down, so only the foreground
-    below the highest (most superior, LPS z) part of the scan counts.
+    below the highest (most superior, LPS z) part of the scan counts. ``normalised``: the volume
+    through :func:`normalise_array` (numpy or torch), when already at hand.
     """
-    t = normalised if normalised is not None else normalise(volume.array)
+    t = normalised if normalised is not None else normalise_array(volume.array)
+    if not isinstance(t, np.ndarray):
+        t = t.detach().cpu().numpy()
     step = max(1, int(round(min(t.shape) / 64)))  # a coarse view is enough for a centroid
     small = t[::step, ::step, ::step]
     mask = small > 0.1
     if int(mask.sum()) < 10:
         mask = small > small.mean()
-    k, j, i = torch.nonzero(mask, as_tuple=True)
-    index = torch.stack([i, j, k], 1).double().numpy() * step
+    k, j, i = np.nonzero(mask)
+    index = np.stack([i, j, k], 1).astype(float) * step
     phys = volume.index_to_physical(index)
     top = float(np.percentile(phys[:, 2], 99.5))
     head = phys[phys[:, 2] >= top - HEAD_HEIGHT_MM]

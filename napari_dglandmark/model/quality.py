@@ -1,7 +1,9 @@
 """Quality of a detection: anatomical plausibility, review flags and the scan-level warning.
 
-Qt-free; ``Detector.detect`` calls :func:`review` after the fine passes, so the CLI, the writers,
-the napari layer and the Slicer module all show the same thing.
+Qt-free and torch-free; ``Detector.detect`` calls :func:`review` after the fine passes, so the CLI,
+the writers, the napari layer and the Slicer module all show the same thing. The review sees the
+detector only through a :class:`Reviewer`: its landmark names, reference shape, a ``refine``
+callable (the fine stage from given positions) and the bilateral pairs for ``fix_swapped_sides``.
 
 Per landmark:
 
@@ -25,20 +27,17 @@ configuration no brain has, a network that finds no landmark).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DGLandmarkError
 from ..io.landmarks import Landmarks
 from ..io.volume import Volume
-from .resample import grid_around, resample
+from .pipeline import Source, crop_source, fix_swapped_sides
+from .resample import grid_around, resample_array
 from .shape import ShapeModel, load_shape_model
-
-if TYPE_CHECKING:  # inference imports this module; no import cycle at run time
-    from .inference import DetectionState, Detector
-    from .pipeline import Source
 
 # ----------------------------------------------------------------------------- per-landmark settings
 RELOCALISE_ABOVE = 3.0  # plausibility residual (units of spread) above which a landmark is searched again
@@ -58,7 +57,10 @@ REVIEW_RESIDUAL = 4.0  # ... or the plausibility residual is above this many spr
 CT_AIR_HU = -500.0  # CT air is about -1000 HU; MR intensities are never this negative
 CT_AIR_FRACTION = 0.02
 MAX_SLICE_MM = 6.0  # thicker slices cannot resolve the landmarks
-LOW_RES_MM = 2.0  # two or more axes this coarse: diffusion / functional-like resolution
+# two or more axes at least this coarse: diffusion / functional-like resolution (EPI: 2.5-4 mm). Real
+# structural scans at 2 mm (fast protocols, low field, downsampled archives; 1 x 1 x 3, 0.4 x 0.4 x 1.5 mm)
+# are below it: they are judged by their detection (``detection_warning``), not by the voxel size.
+LOW_RES_MM = 2.4
 THIN_MARGIN_MM = 30.0  # the image must be at least the landmarks' smallest extent + this along every axis
 BODY_FOV_MM = 350.0  # two axes longer than this: a body, not a head
 MIN_BACKGROUND = 0.25  # dark voxels around the head: real head MRIs 0.47-0.91, uniform noise 0.10
@@ -68,6 +70,23 @@ MAX_HOLLOW = 0.15  # real brain MRIs: <= 0.05 of that ball as dark as the backgr
 SCALE_RANGE = (0.7, 1.4)  # similarity scale of the reference onto the landmarks (adult brains 0.79-1.01)
 IMPLAUSIBLE_FRACTION = 0.3  # more than this fraction of landmarks implausible: not a brain's configuration
 MIN_MEDIAN_SHARPNESS = 0.08  # median heatmap sharpness below this: the network finds no landmark
+
+
+#: the fine stage from given positions: (source, positions, rotation, indices=None, iterations=None)
+#: -> (positions, fine confidences); ``Detector.refine``
+Refine = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class DetectionState:
+    """What ``Detector.detect`` knows before the quality review (positions LPS mm)."""
+
+    source: Source
+    coarse_positions: np.ndarray
+    coarse_confidence: np.ndarray
+    positions: np.ndarray
+    fine_confidence: np.ndarray
+    rotation: np.ndarray  # head frame -> image (identity without a canonical frame)
 
 
 @dataclass
@@ -87,24 +106,37 @@ class Assessment:
     details: dict = field(default_factory=dict)
 
 
-def protocol_shape(detector: Detector) -> ShapeModel | None:
-    """The detector's own reference configuration, else the protocol's shipped shape model,
-    reordered to the detector's landmarks; None when neither covers every landmark."""
-    if detector.shape is not None:
-        return detector.shape
+def protocol_shape(names: Sequence[str], own: ShapeModel | None, protocol: str) -> ShapeModel | None:
+    """The model's own reference configuration (``own``), else the protocol's shipped shape model,
+    reordered to the model's landmarks ``names``; None when neither covers every landmark."""
+    if own is not None:
+        return own
     try:
-        shape = load_shape_model(detector.info.protocol) if detector.info.protocol else None
+        shape = load_shape_model(protocol) if protocol else None
     except DGLandmarkError:
         return None
     if shape is None:
         return None
     index = {n.casefold(): i for i, n in enumerate(shape.names)}
     try:
-        order = [index[n.casefold()] for n in detector.names]
+        order = [index[n.casefold()] for n in names]
     except KeyError:
         return None
     head = shape.head_center
-    return ShapeModel(list(detector.names), shape.reference[order], shape.spread[order], shape.source, head)
+    return ShapeModel(list(names), shape.reference[order], shape.spread[order], shape.source, head)
+
+
+@dataclass
+class Reviewer:
+    """What the review needs from a detector (no detector object: no import cycle)."""
+
+    names: list[str]
+    model_name: str
+    shape: ShapeModel | None  # ``protocol_shape``: the configuration plausibility is judged against
+    refine: Refine
+    side_pairs: list[tuple[int, int]]  # (right, left) rows for ``pipeline.fix_swapped_sides``
+    reach_mm: float | None = None  # how far a fine patch reads (``pipeline.fine_reach_mm``): crops the TTA copy
+    assessment: Assessment | None = None  # set by ``review``: the last detection's full assessment
 
 
 def plausibility(shape: ShapeModel, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -118,7 +150,7 @@ def _support(sharpness: np.ndarray, residual: np.ndarray) -> np.ndarray:
     return sharpness * np.exp(-0.5 * (residual / PLAUSIBILITY_SIGMA) ** 2)
 
 
-def relocalise(detector: Detector, state: DetectionState, shape: ShapeModel, pos: np.ndarray,
+def relocalise(refine: Refine, state: DetectionState, shape: ShapeModel, pos: np.ndarray,
                fine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Search implausible landmarks again from their predicted positions; keep the better-supported
     answer. Returns (positions, fine confidences, kept-new mask)."""
@@ -128,7 +160,7 @@ def relocalise(detector: Detector, state: DetectionState, shape: ShapeModel, pos
     bad = np.flatnonzero((residual > RELOCALISE_ABOVE) & (res_mm > RELOCALISE_MIN_MM))
     if not len(bad):
         return pos, fine, kept
-    new_pos, new_fine = detector.refine(state.source, predicted[bad], state.rotation, indices=bad)
+    new_pos, new_fine = refine(state.source, predicted[bad], state.rotation, indices=bad)
     coarse = state.coarse_confidence[bad]
     new_res = np.linalg.norm(new_pos - predicted[bad], axis=1) / np.maximum(shape.spread[bad], 0.5)
     old_support = _support(np.sqrt(coarse * fine[bad]), residual[bad])
@@ -145,11 +177,15 @@ def _tta_offsets(n: int) -> np.ndarray:
     return TTA_SHIFT_MM * corners[np.arange(n) % 8]
 
 
-def test_time_distance(detector: Detector, state: DetectionState, pos: np.ndarray) -> np.ndarray:
-    """mm between each answer and one fine pass on a gamma-changed image started a few mm away."""
-    source = replace(state.source, image=state.source.image.clamp(0, 1).pow(TTA_GAMMA))
+def test_time_distance(refine: Refine, state: DetectionState, pos: np.ndarray,
+                       reach_mm: float | None = None) -> np.ndarray:
+    """mm between each answer and one fine pass on a gamma-changed image started a few mm away
+    (with ``reach_mm``, only the part of the image the patches read is gamma-changed: the same values)."""
     start = pos + _tta_offsets(len(pos)) @ state.rotation.T
-    again, _ = detector.refine(source, start, state.rotation, iterations=1)
+    source = state.source if reach_mm is None else crop_source(state.source, start, reach_mm)
+    image = np.power(np.clip(source.image, 0, 1), np.float32(TTA_GAMMA), dtype=np.float32)
+    source = replace(source, image=image)
+    again, _ = refine(source, start, state.rotation, iterations=1)
     return np.linalg.norm(again - pos, axis=1)
 
 
@@ -183,7 +219,7 @@ def hollow_fraction(source: Source, radius_mm: float = HOLLOW_RADIUS_MM) -> floa
     """
     n = int(np.ceil(2 * radius_mm / 2.0)) + 2
     grid = grid_around(source.center, 2.0, (n, n, n))
-    values = resample(source.image, source.geometry, grid)[0, 0].numpy()
+    values = resample_array(source.image, source.geometry, grid)[0, 0]
     offsets = (np.indices(values.shape) - (n - 1) / 2) * 2.0
     ball = np.sqrt((offsets ** 2).sum(0)) < radius_mm
     return float(np.mean(values[ball] < 0.05))
@@ -249,20 +285,20 @@ def detection_warning(sharpness: np.ndarray, residual: np.ndarray, scale: float,
 
 # ----------------------------------------------------------------------------- the whole review
 
-def assess(detector: Detector, volume: Volume, state: DetectionState) -> Assessment:
+def assess(reviewer: Reviewer, volume: Volume, state: DetectionState) -> Assessment:
     """Plausibility, re-localisation, test-time agreement, confidence, flags and the image warning."""
-    shape = protocol_shape(detector)
+    shape = reviewer.shape
     pos, fine = state.positions.copy(), state.fine_confidence.copy()
     n = len(pos)
     kept = np.zeros(n, bool)
     residual, res_mm, scale = np.zeros(n), np.zeros(n), float("nan")
     if shape is not None:
-        pos, fine, kept = relocalise(detector, state, shape, pos, fine)
+        pos, fine, kept = relocalise(reviewer.refine, state, shape, pos, fine)
         if kept.any():
-            detector._fix_swapped_sides(pos, fine, state.rotation)
+            pos, fine = fix_swapped_sides(pos, fine, state.rotation, reviewer.side_pairs)
         _, residual, res_mm, scale = plausibility(shape, pos)
     sharpness = np.sqrt(state.coarse_confidence * fine)
-    tta = test_time_distance(detector, state, pos)
+    tta = test_time_distance(reviewer.refine, state, pos, reviewer.reach_mm)
     confidence = calibrated_confidence(sharpness, tta, residual, res_mm, None if shape is None else shape.spread)
     warning = image_statistics_warning(volume, state.source, shape) or detection_warning(sharpness, residual, scale,
                                                                            shape is not None)
@@ -274,13 +310,13 @@ def assess(detector: Detector, volume: Volume, state: DetectionState) -> Assessm
     return Assessment(pos, sharpness, tta, residual, res_mm, kept, confidence, flags, warning, scale, details)
 
 
-def review(detector: Detector, volume: Volume, state: DetectionState) -> Landmarks:
+def review(reviewer: Reviewer, volume: Volume, state: DetectionState) -> Landmarks:
     """The detection as ``Landmarks`` with calibrated confidences, ``needs_review`` and ``image_warning``
-    (the full :class:`Assessment` stays on ``detector.last_assessment`` for benchmarks)."""
-    result = assess(detector, volume, state)
-    detector.last_assessment = result
+    (the full :class:`Assessment` stays on ``reviewer.assessment`` for benchmarks)."""
+    result = assess(reviewer, volume, state)
+    reviewer.assessment = result
     n = len(result.positions)
-    return Landmarks(list(detector.names), result.positions, confidence=result.confidence,
-                     status=["predicted"] * n, image=volume.path, model=detector.info.name,
+    return Landmarks(list(reviewer.names), result.positions, confidence=result.confidence,
+                     status=["predicted"] * n, image=volume.path, model=reviewer.model_name,
                      needs_review=result.needs_review, placed_by=["model"] * n,
                      image_warning=result.image_warning)

@@ -1,18 +1,25 @@
-"""Resampling a volume onto a model grid with torch (one implementation for training and inference).
+"""Resampling a volume onto a model grid: numpy for inference, torch for training, the same numbers.
 
 A *grid* is a ``Geometry``. ``index_map`` composes: grid voxel index -> physical LPS mm
 (optionally moved by a physical 4x4 transform, for augmentation) -> source voxel index.
+
+Both paths interpolate trilinearly with zeros outside the source (torch: ``grid_sample`` with
+``align_corners=True``; numpy: :func:`interpolate`), and tests hold them to float precision.
+Inference (:func:`resample_array`) never imports torch; training (:func:`resample`, :func:`sample_at`)
+works on torch tensors on any device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..io.volume import Geometry
+from ..io.geometry import Geometry
+
+if TYPE_CHECKING:
+    import torch
 
 
 def grid_around(center_lps: Sequence[float], spacing: float | Sequence[float], size_xyz: Sequence[int],
@@ -37,6 +44,63 @@ def index_map(source: Geometry, grid: Geometry, transform: np.ndarray | None = N
     return np.linalg.inv(source.index_to_physical_matrix()) @ to_phys
 
 
+# ----------------------------------------------------------------------------- numpy (inference)
+
+def _grid_indices(shape: tuple[int, int, int]) -> np.ndarray:
+    """Homogeneous voxel indices (i, j, k, 1) of every voxel of a grid, in array order: [4, D*H*W]."""
+    d, h, w = shape
+    k, j, i = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]).astype(float)
+
+
+def source_coordinates(source: Geometry, grids: Sequence[Geometry],
+                       transforms: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Source voxel indices (k, j, i) sampled by each grid voxel: [3, B * D*H*W] (grids of one shape)."""
+    index = _grid_indices(grids[0].shape)
+    parts = [(index_map(source, g, t)[:3] @ index)[::-1] for g, t in zip(grids, transforms, strict=True)]
+    return np.concatenate(parts, axis=1)
+
+
+def interpolate(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Trilinear values of ``image`` [D, H, W] at voxel coordinates ``coords`` [3, N] (k, j, i): [N] float32.
+
+    Neighbours outside the image count as 0 (``grid_sample``'s zeros padding, ``align_corners=True``).
+    """
+    flat = np.ascontiguousarray(image, dtype=np.float32).reshape(-1)
+    corners = []  # per axis: ((index, weight) of the lower neighbour, (index, weight) of the upper)
+    for c, n in zip(coords, image.shape, strict=True):
+        low = np.floor(c)
+        frac = (c - low).astype(np.float32)
+        low = low.astype(np.intp)
+        pair = []
+        for idx, weight in ((low, 1.0 - frac), (low + 1, frac)):
+            inside = (idx >= 0) & (idx < n)
+            pair.append((np.clip(idx, 0, n - 1), np.where(inside, weight, np.float32(0.0))))
+        corners.append(pair)
+    _, h, w = image.shape
+    out = np.zeros(coords.shape[1], np.float32)
+    for kk, wk in corners[0]:
+        for jj, wj in corners[1]:
+            row = (kk * h + jj) * w
+            wkj = wk * wj
+            for ii, wi in corners[2]:
+                out += flat[row + ii] * (wkj * wi)
+    return out
+
+
+def resample_array(image: np.ndarray, source: Geometry, grid: Geometry | Sequence[Geometry],
+                   transforms: Sequence[np.ndarray | None] = (None,)) -> np.ndarray:
+    """Sample ``image`` ([D, H, W] on ``source``) on ``grid``: [B, 1, d, h, w] float32, one per transform.
+
+    ``grid`` may also be a list of grids of one shape, one per transform (the fine patches).
+    """
+    grids = [grid] * len(transforms) if isinstance(grid, Geometry) else list(grid)
+    values = interpolate(image, source_coordinates(source, grids, transforms))
+    return values.reshape(len(grids), 1, *grids[0].shape)
+
+
+# ----------------------------------------------------------------------------- torch (training)
+
 def _normaliser(size_xyz: Sequence[int]) -> np.ndarray:
     """Voxel index -> grid_sample coordinate in [-1, 1] (align_corners=True)."""
     n = np.eye(4)
@@ -52,6 +116,9 @@ def sampling_grid(source: Geometry, grid: Geometry, transforms: Sequence[np.ndar
 
     ``displacement`` [B, 3, D, H, W] (source voxels, i j k) is added after the affine part (elastic).
     """
+    import torch
+    import torch.nn.functional as F
+
     thetas = []
     for t in transforms:
         m = _normaliser(source.size) @ index_map(source, grid, t) @ np.linalg.inv(_normaliser(grid.size))
@@ -72,6 +139,8 @@ def resample(image: torch.Tensor, source: Geometry, grid: Geometry,
 
     Trilinear (``mode="bilinear"`` in torch terms) or ``"nearest"``; outside the source gives ``padding``.
     """
+    import torch.nn.functional as F
+
     src = image.reshape(1, 1, *image.shape[-3:])
     if not src.is_floating_point():
         src = src.float()
@@ -84,10 +153,10 @@ def resample(image: torch.Tensor, source: Geometry, grid: Geometry,
 
 def grid_points(grid: Geometry) -> torch.Tensor:
     """Physical LPS position (mm) of every voxel of ``grid``: [D, H, W, 3] float32."""
-    d, h, w = grid.shape
-    k, j, i = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
-    index = torch.stack([i, j, k], -1).double().reshape(-1, 3).numpy()
-    return torch.as_tensor(grid.index_to_physical(index), dtype=torch.float32).reshape(d, h, w, 3)
+    import torch
+
+    index = _grid_indices(grid.shape)[:3].T
+    return torch.as_tensor(grid.index_to_physical(index), dtype=torch.float32).reshape(*grid.shape, 3)
 
 
 def sample_at(image: torch.Tensor, source: Geometry, points_lps: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -95,6 +164,9 @@ def sample_at(image: torch.Tensor, source: Geometry, points_lps: torch.Tensor, m
 
     For maps that are not affine (thin-plate-spline warps); outside the source gives 0.
     """
+    import torch
+    import torch.nn.functional as F
+
     src = image.reshape(1, -1, *image.shape[-3:])
     if not src.is_floating_point():
         src = src.float()

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..io.geometry import Geometry, Volume
 from ..io.landmarks import Landmarks
-from ..io.volume import Geometry, Volume
+from .checkpoint import load_checkpoint
 from .decode import decode
 from .devices import resolve_device
 from .preprocess import check_voxels, normalise
+from .registry import model_info
 from .resample import resample
 
 
@@ -76,10 +78,11 @@ def decode_to_physical(maps: torch.Tensor, grid: Geometry, config: SingleStageCo
 class SingleStageDetector:
     """A loaded single-network checkpoint (e.g. from ``dglandmark-train finetune --preset paper``)."""
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto") -> None:
-        from .inference import load_model
-
-        network, self.info = load_model(model, two_stage=False)
+    def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int = 0) -> None:
+        self.info = model_info(model, two_stage=False)
+        network, _ = load_checkpoint(self.info.path)
+        if threads:
+            torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.config = SingleStageConfig.from_dict(self.info.metadata.get("single_stage", {}))

@@ -111,7 +111,7 @@ def test_prepare_source_normalises_to_unit_range():
 
 def test_out_of_memory_on_the_accelerator_falls_back_to_cpu(tiny_model_path):
     """A CUDA OOM mid-detection is answered with a warning and a CPU re-run, not a crash."""
-    det = Detector(tiny_model_path, device="cpu")
+    det = Detector(tiny_model_path, device="cpu", backend="torch")
     coarse = det.network.coarse
     calls = {"n": 0}
 
@@ -123,7 +123,7 @@ def test_out_of_memory_on_the_accelerator_falls_back_to_cpu(tiny_model_path):
             return coarse(x)
 
     det.network.coarse = FailsOnce()
-    det.device = torch.device("meta")  # stands in for a GPU: tensors move, the forward pass "runs out"
+    det.runner.torch_device = torch.device("meta")  # stands in for a GPU: tensors move, the forward pass "runs out"
     with pytest.warns(UserWarning, match="falling back to the CPU"):
         lms = det.detect(_phantom())
-    assert det.device.type == "cpu" and calls["n"] == 2 and np.isfinite(lms.positions).all()
+    assert det.device == "cpu" and calls["n"] == 2 and np.isfinite(lms.positions).all()
