@@ -116,7 +116,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_recipe(args: argparse.Namespace) -> int:
+    """``--recipe``: a recipe file (``training.recipes``) run as one resumable command."""
+    from napari_dglandmark.model.devices import resolve_device
+
+    from .recipes import load_recipe
+    from .train_recipe import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    data = Path(args.data) if args.data else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not data.is_dir():
+        raise DGLandmarkError("shared data folder not found (give --data)", data)
+    run = Run(args.out, args.resume)
+    stages = tuple(args.stages.split(",")) if args.stages else None
+    run.save_config("finetune", args, {"recipe": str(recipe.path), "stages": stages or recipe.stages})
+    out = run.dir / "model.safetensors"
+    run_recipe(recipe, data, out, run.dir, resume=args.resume, stages=stages, device=str(resolve_device(args.device)),
+               log=lambda row: run.log(json.dumps(row)), steps=args.max_steps)
+    print(f"trained {recipe.name} by {recipe.path.name}: {out}")
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return _finetune_recipe(args)
+    if not args.data:
+        raise DGLandmarkError("finetune needs --data (a landmark dataset) or --recipe")
     if args.preset == "default":
         return _finetune_two_stage(args)
     from napari_dglandmark.model.networks import build_network
@@ -312,8 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("finetune", help="train a landmark detector")
-    p.add_argument("--data", required=True, help="landmark dataset folder or CSV manifest (image,landmarks)")
+    p.add_argument("--data", help="landmark dataset folder or CSV manifest (image,landmarks); with --recipe: "
+                                  "the shared data folder (default ../shared/data beside the checkout)")
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--recipe", help="a recipe file or bundled recipe name (training/recipes/NAME.toml): "
+                                    "data, start model and settings as one resumable command")
+    p.add_argument("--stages", help="with --recipe: only these networks (coarse, fine; comma-separated)")
     p.add_argument("--init", help="checkpoint to start from (e.g. a pretrain run's model.safetensors)")
     p.add_argument("--protocol", help="protocol name or JSON: landmark names and order")
     p.add_argument("--val", help="separate validation dataset (default: a seeded share of --data)")

@@ -91,6 +91,10 @@ class DetectorRecipe:
     shape_noise_mm: float = 1.0
     p_synth: float = 0.0  # items drawn as a random contrast from the tissue label map
     p_skull_strip: float = 0.15
+    # field of view: coarse items cut by a plane beyond the landmarks (top of the head cut off, no neck,
+    # no face), ``fov_margin_mm`` from the outermost landmark on that side
+    p_fov_cut: float = 0.0
+    fov_margin_mm: tuple[float, float] = (8.0, 60.0)
     val_every: int = 250
     log_every: int = 25
     checkpoint_every: int = 250  # resume state of the running stage
@@ -112,6 +116,8 @@ class Case:
     tissues: torch.Tensor | None = None  # [C, D, H, W] tissue probabilities on the source grid
     tissues_pooled: torch.Tensor | None = None  # the same on the pooled (coarse) grid
     shapes: list[np.ndarray] = field(default_factory=list)  # real configurations in this case's frame
+    labels: torch.Tensor | None = None  # [D, H, W] tissue classes on the source grid (label-map heads: always synthetic)
+    weight: float = 1.0  # how often this case is drawn, relative to the others
 
 
 STAGES = ("pretrain-coarse", "pretrain-fine", "coarse", "fine")
@@ -177,10 +183,34 @@ class DetectorTrainer:
             x = torch.where(flip.view(-1, 1, 1, 1, 1), inv, x)
         return x
 
+    def _pick(self, cases: Sequence[Case]) -> Case:
+        """A case drawn by its ``weight`` (uniformly when all weights are equal)."""
+        w = np.array([c.weight for c in cases], float)
+        if np.all(w == w[0]):
+            return cases[self.rng.integers(len(cases))]
+        return cases[self.rng.choice(len(cases), p=w / w.sum())]
+
     # ------------------------------------------------------------------ realistic sampling
     def _realistic(self, case: Case) -> bool:
         r = self.recipe
-        return case.tissues is not None or bool(case.shapes) or r.p_large_rotation > 0
+        return case.tissues is not None or case.labels is not None or bool(case.shapes) or r.p_large_rotation > 0
+
+    def _cut_field_of_view(self, image: torch.Tensor, target_index: np.ndarray, spacing: float) -> torch.Tensor:
+        """With ``p_fov_cut``: the coarse item without what lies beyond a plane past the landmarks on one
+        side (a scan with the top of the head cut off, without neck or face, ...)."""
+        r = self.recipe
+        if self.rng.random() >= r.p_fov_cut:
+            return image
+        defined = target_index[~np.isnan(target_index).any(1)]
+        axis = int(self.rng.choice([0, 1, 2], p=[0.2, 0.3, 0.5]))  # (i, j, k) = (L-R, P-A, S-I); mostly S/I cuts
+        upper = self.rng.random() < 0.5
+        margin = self.rng.uniform(*r.fov_margin_mm) / spacing
+        dim = 4 - axis  # tensor dims (B, C, z, y, x)
+        n = image.shape[dim]
+        edge = defined[:, axis].max() + margin if upper else defined[:, axis].min() - margin
+        coord = torch.arange(n, dtype=torch.float32).view([-1 if d == dim else 1 for d in range(5)])
+        keep = coord <= edge if upper else coord >= edge
+        return image * keep
 
     def _random_warp(self, case: Case) -> tuple[ThinPlateSpline | None, np.ndarray]:
         """A map from a real person's anatomy to the case's source, and that anatomy's landmarks."""
@@ -204,6 +234,15 @@ class DetectorTrainer:
         p = p.reshape(1, *grid.shape, 3)
         geom = case.source.pooled_geometry if coarse else case.source.geometry
         image = case.source.pooled if coarse else case.source.image
+        if case.labels is not None:  # a real person's head from its label map: a random contrast every time
+            strip = torch.tensor([self.rng.random() < r.p_skull_strip])
+            if coarse:
+                tissues = sample_at(case.tissues_pooled, geom, p)
+            else:
+                classes = case.tissues_pooled.shape[0]
+                found = sample_at(case.labels, geom, p, mode="nearest")[:, 0].long()
+                tissues = F.one_hot(found, classes).permute(0, 4, 1, 2, 3).float()
+            return synthesize_contrast(tissues, self.gen, strip, max_blur_vox=0.6 if coarse else 1.2)
         synth = case.tissues is not None and self.rng.random() < r.p_synth
         strip = case.tissues is not None and self.rng.random() < r.p_skull_strip
         if not synth and not strip:
@@ -230,7 +269,8 @@ class DetectorTrainer:
                                self.rng.uniform(-r.translation_mm, r.translation_mm, 3))
         warp, target = self._random_warp(case)
         image = self._sample_item(case, grid, pose, warp, coarse=True)
-        return image, grid.physical_to_index(self._into_output(target, pose))
+        index = grid.physical_to_index(self._into_output(target, pose))
+        return self._cut_field_of_view(image, index, cfg.coarse_spacing), index
 
     def _realistic_fine_item(self, case: Case):
         r, cfg = self.recipe, self.recipe.pipeline
@@ -248,7 +288,7 @@ class DetectorTrainer:
         r, cfg = self.recipe, self.recipe.pipeline
         images, targets, points = [], [], []
         for _ in range(count or r.batch_coarse):
-            case = cases[self.rng.integers(len(cases))]
+            case = self._pick(cases)
             if not with_boundary and self._realistic(case):
                 image, idx = self._realistic_coarse_item(case)
                 images.append(image)
@@ -274,7 +314,7 @@ class DetectorTrainer:
         r, cfg = self.recipe, self.recipe.pipeline
         images, targets, points, channels = [], [], [], []
         for _ in range(count or r.batch_fine):
-            case = cases[self.rng.integers(len(cases))]
+            case = self._pick(cases)
             if not with_boundary and self._realistic(case):
                 image, idx, k = self._realistic_fine_item(case)
                 images.append(image)
