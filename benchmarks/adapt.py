@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from napari_dglandmark.io import read_landmarks, read_volume, write_landmarks
+from napari_dglandmark.io.atomic import write_text_atomic
 from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Volume, write_volume
 from napari_dglandmark.model.checkpoint import file_sha256, read_metadata
@@ -37,6 +38,7 @@ from napari_dglandmark.model.inference import Detector, resolve_model
 from napari_dglandmark.protocols import load_protocol
 from training.adapt import AdaptOptions, adapt, cases_from_dataset
 from training.dg_data import AFIDS_T1W, AFIDS_TRUTH, afids_tissue_labels, source_truth
+from training.evaluate import mean_radial_error
 from training.shapes import Subject, split_subjects, to_template_frame
 from training.synth import render_contrast, thick_slices, warped_to_shape
 
@@ -111,20 +113,17 @@ def make_cases(data: Path, cache: Path, names: list[str], n_eval: int, n_adapt: 
     return out
 
 
-def errors(model: str | Path, images: list[str], truths: list[np.ndarray]) -> dict:
-    """Per-case MRE (mm) of ``model`` and the mean/median/max over cases."""
+def errors(model: str | Path, images: list[str], truths: list[Landmarks]) -> dict:
+    """Per-case MRE (mm, ``training.evaluate``'s failure policy) of ``model`` and the mean/median/max over cases."""
     det = Detector(model, device="cpu")
-    per_case = []
-    for image, truth in zip(images, truths, strict=True):
-        pred = det.detect(read_volume(image)).reordered(det.names, strict=False).positions
-        ok = np.isfinite(truth).all(1)
-        per_case.append(float(np.linalg.norm(pred[ok] - truth[ok], axis=1).mean()))
+    per_case = [mean_radial_error(truth, det.detect(read_volume(image)), det.names)
+                for image, truth in zip(images, truths, strict=True)]
     return {"mre_mm": float(np.mean(per_case)), "median_case_mm": float(np.median(per_case)),
             "max_case_mm": float(np.max(per_case)), "per_case_mm": [round(e, 3) for e in per_case]}
 
 
-def evaluate(model: str | Path, cases: dict, template: tuple[str, np.ndarray], names: list[str]) -> dict:
-    truths = [read_landmarks(c["truth"]).reordered(names, strict=False).positions for c in cases["eval"]]
+def evaluate(model: str | Path, cases: dict, template: tuple[str, Landmarks], names: list[str]) -> dict:
+    truths = [read_landmarks(c["truth"]).reordered(names, strict=False) for c in cases["eval"]]
     return {
         "site": errors(model, [c["site"] for c in cases["eval"]], truths),
         "original_t1w_template": errors(model, [template[0]], [template[1]])["mre_mm"],
@@ -210,7 +209,7 @@ def main() -> int:
     start = time.time()
     cases = make_cases(data, Path(args.cache), names, args.eval, max(args.sizes), args.site)
     template = (str(data / AFIDS_T1W), load_protocol("afids32").conform(read_landmarks(data / AFIDS_TRUTH))
-                .reordered(names, strict=False).positions)
+                .reordered(names, strict=False))
     options = AdaptOptions(max_minutes=args.max_minutes, device="cpu")
     results: dict = {
         "what": f"site adaptation on a simulated new site ({SITES[args.site][0]}: {CONTRAST} contrast from the "
@@ -232,8 +231,8 @@ def main() -> int:
         pass
 
     def save() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "results.md").write_text(table(results))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out / "results.md", table(results))
 
     log(f"base model {base.name}: evaluating")
     results["models"]["base"] = evaluate(base, cases, template, names)

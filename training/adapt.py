@@ -41,6 +41,7 @@ from napari_dglandmark.model.pipeline import PipelineConfig
 from napari_dglandmark.sample import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 
 from .detector import Case, DetectorRecipe, DetectorTrainer, landmark_case
+from .evaluate import mean_radial_error
 
 MIN_CASES = 1
 HOLD_OUT_FROM = 3  # with this many cases or more, one is held back for early stopping
@@ -210,10 +211,9 @@ def rehearsal_case(names: Sequence[str], pipeline) -> Case | None:
     return landmark_case(read_volume(SAMPLE_VOLUME), landmarks, names, pipeline)
 
 
-def _mre(detector: Detector, case: AdaptCase, truth: np.ndarray) -> float:
-    pred = detector.detect(case.volume).reordered(detector.names, strict=False).positions
-    ok = np.isfinite(truth).all(1)
-    return float(np.linalg.norm(pred[ok] - truth[ok], axis=1).mean())
+def _mre(detector: Detector, case: AdaptCase, truth: Landmarks) -> float:
+    """Mean radial error (mm) of ``detector`` on one case, under ``training.evaluate``'s failure policy."""
+    return mean_radial_error(truth, detector.detect(case.volume), detector.names)
 
 
 def default_output(base: str | os.PathLike, folder: str | os.PathLike) -> Path:
@@ -242,6 +242,173 @@ def check_output(base_path: Path, out: str | os.PathLike) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class AdaptationPlan:
+    """What an adaptation will use, checked before any training: the base model and the cases' roles."""
+
+    base_path: Path
+    meta: dict
+    names: list[str]
+    cases: list[AdaptCase]  # the usable cases, in name order
+    held: AdaptCase | None  # the case held back for early stopping (three cases or more)
+
+    @property
+    def train(self) -> list[AdaptCase]:
+        return [c for c in self.cases if c is not self.held]
+
+    @property
+    def evaluated_on(self) -> str:
+        held = self.held
+        return f"held-back case {held.name}" if held else f"the {len(self.train)} training case(s) (no case held back)"
+
+    def truth(self, case: AdaptCase) -> Landmarks:
+        """The landmarks of ``case`` that count (``reviewed``), in the model's order."""
+        return reviewed(case.landmarks).reordered(self.names, strict=False)
+
+
+def prepare_adaptation(base: str | os.PathLike, cases: Sequence[AdaptCase]) -> AdaptationPlan:
+    """Every check that needs no training, in one place (the CLI, ``adapt`` and the napari widget):
+    the base model is a two-stage detector, the cases use its protocol and some landmarks were
+    reviewed; which case is held back. A one-line ``DGLandmarkError`` otherwise."""
+    base_path = Path(resolve_model(base))
+    meta = read_metadata(base_path)
+    if meta.get("architecture", {}).get("name") != "two-stage":
+        raise DGLandmarkError("adaptation needs a two-stage detection model", base_path)
+    names = list(meta.get("landmark_names") or [])
+    ordered = sorted(check_cases(cases, names, meta.get("protocol", "")), key=lambda c: c.name)
+    held = ordered[-1] if len(ordered) >= HOLD_OUT_FROM else None
+    return AdaptationPlan(base_path, meta, names, ordered, held)
+
+
+def plan_steps(options: AdaptOptions, seconds_left: float, coarse_step_s: float, fine_step_s: float,
+               check_s_per_fine_step: float) -> tuple[int, int]:
+    """(coarse, fine) steps that fit ``seconds_left``: the coarse stage gets at most a fifth of the
+    time, the fine stage (with its held-back checks) the rest; never more than the options allow."""
+    coarse = min(options.coarse_steps, max(0, int(0.2 * seconds_left / coarse_step_s)))
+    fine = min(options.fine_steps,
+               max(0, int((seconds_left - coarse * coarse_step_s) / (fine_step_s + check_s_per_fine_step))))
+    return coarse, fine
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+class _Run:
+    """One adaptation while it trains: held-back checks, the best weights so far, why it stopped."""
+
+    def __init__(self, trainer: DetectorTrainer, detector: Detector, plan: AdaptationPlan, options: AdaptOptions,
+                 deadline: float, eval_seconds: float, before: float, say: Message,
+                 cancelled: Callable[[], bool], progress: Progress | None) -> None:
+        self.trainer, self.detector, self.plan, self.options = trainer, detector, plan, options
+        self.evaluate = [plan.held] if plan.held is not None else plan.train
+        self.deadline, self.eval_seconds = deadline, eval_seconds
+        self.say, self.cancelled, self.progress = say, cancelled, progress
+        self.best_mm, self.best_state, self.best_step = before, _state(trainer.network), "base"
+        self.done = {"coarse": 0, "fine": 0}
+        self.stale = 0
+        self.stop_reason = ""
+        self.total = trainer.recipe.coarse_steps + trainer.recipe.fine_steps
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled()
+
+    def error(self) -> float:
+        """Mean MRE over the evaluation cases, the networks in eval mode (their modes restored)."""
+        net = self.trainer.network
+        modes = [m.training for m in (net.coarse, net.fine)]
+        net.eval()
+        try:
+            return float(np.mean([_mre(self.detector, c, self.plan.truth(c)) for c in self.evaluate]))
+        finally:
+            net.coarse.train(modes[0])
+            net.fine.train(modes[1])
+
+    def improves(self, mm: float) -> bool:
+        return mm < self.best_mm - self.options.min_gain_mm
+
+    def keep_best(self, mm: float, step: str) -> None:
+        self.best_mm, self.best_state, self.best_step = mm, _state(self.trainer.network), step
+
+    def consider(self, label: str) -> None:
+        """A held-back check: keep the weights when they improve; early stopping after ``patience`` misses."""
+        mm = self.error()
+        if self.improves(mm):
+            self.keep_best(mm, label)
+            self.stale = 0
+        else:
+            self.stale += 1
+        self.say(f"{label}: held-back error {mm:.2f} mm (best {self.best_mm:.2f})")
+        if self.stale >= self.options.patience:
+            self.stop_reason = "early stopping"
+
+    def on_row(self, row: dict) -> None:
+        """The trainer's log hook: progress, and a held-back check every ``val_every`` fine steps."""
+        stage = row.get("stage")
+        if stage not in self.done:
+            return
+        self.done[stage] = int(row["step"])
+        if self.progress:
+            self.progress(self.done["coarse"] + self.done["fine"], self.total)
+        fine = self.done["fine"]
+        if (self.plan.held is not None and stage == "fine" and fine % self.options.val_every == 0
+                and fine < self.trainer.recipe.fine_steps):
+            self.consider(f"fine step {fine}")
+
+    def should_stop(self) -> bool:
+        """The trainer's stop hook: Cancel, early stopping or the time budget (one last check must fit)."""
+        self.check()
+        if not self.stop_reason and time.monotonic() > self.deadline - 1.2 * self.eval_seconds * len(self.evaluate):
+            self.stop_reason = "time budget"
+        return bool(self.stop_reason)
+
+    def coarse_stage(self, train_cases: Sequence[Case], before: float) -> bool | None:
+        """Train the coarse network; keep it only when the evaluation error does not get worse
+        (None: the run stopped inside the stage, which is then neither judged nor reverted)."""
+        base_coarse = _state(self.trainer.network.coarse)
+        self.trainer.finetune(train_cases, stages=("coarse",))
+        if self.stop_reason:
+            return None
+        # a few coarse steps on a few cases can hurt more than help: keep them only when they do not
+        mm = self.error()
+        kept = mm <= before + 0.02
+        if not kept:
+            self.trainer.network.coarse.load_state_dict(base_coarse)
+        elif self.plan.held is not None and self.improves(mm):
+            self.keep_best(mm, "coarse")
+        self.say(f"after the coarse stage: error {mm:.2f} mm ({'kept' if kept else 'reverted to the base coarse network'})")
+        return kept
+
+    def train(self, train_cases: Sequence[Case], before: float) -> tuple[str, bool | None]:
+        """Both stages; returns (what stopped the run, whether the coarse stage was kept or None)."""
+        trainer, recipe = self.trainer, self.trainer.recipe
+        trainer.log, trainer.should_stop = self.on_row, self.should_stop
+        if self.progress:
+            self.progress(0, self.total)
+        coarse_kept = None
+        try:
+            if recipe.coarse_steps:
+                coarse_kept = self.coarse_stage(train_cases, before)
+            if not self.stop_reason and recipe.fine_steps:
+                trainer.finetune(train_cases, stages=("fine",))
+        finally:
+            trainer.should_stop = None
+        trainer.network.eval()
+        return self.stop_reason or "steps", coarse_kept
+
+    def finish(self) -> tuple[float, str]:
+        """The final error and the step whose weights are kept: the best held-back check, else the end."""
+        if self.plan.held is not None:
+            self.consider("end")
+            self.trainer.network.load_state_dict(self.best_state)
+            self.trainer.network.eval()
+            return self.best_mm, self.best_step
+        return self.error(), "end"
+
+
 # --------------------------------------------------------------------------------------------- adapt
 
 
@@ -260,26 +427,18 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     deadline = start + 60.0 * options.max_minutes
     say = message or (lambda text: None)
     is_cancelled = cancelled or (lambda: False)
-    base_path = Path(resolve_model(base))
-    target = check_output(base_path, out)
-    meta = read_metadata(base_path)
-    if meta.get("architecture", {}).get("name") != "two-stage":
-        raise DGLandmarkError("adaptation needs a two-stage detection model", base_path)
-    names = list(meta.get("landmark_names") or [])
-    usable = check_cases(cases, names, meta.get("protocol", ""))
-    ordered = sorted(usable, key=lambda c: c.name)
-    held = ordered[-1] if len(ordered) >= HOLD_OUT_FROM else None
-    train = [c for c in ordered if c is not held]
-    device = resolve_device(options.device)
-    detector = Detector(base_path, device=str(device))
-    truth = {id(c): reviewed(c.landmarks).reordered(names, strict=False).positions for c in ordered}
 
     def check() -> None:
         if is_cancelled():
             raise Cancelled()
 
+    target = check_output(Path(resolve_model(base)), out)
+    plan = prepare_adaptation(base, cases)
+    held, train, names = plan.held, plan.train, plan.names
+    device = resolve_device(options.device)
+    detector = Detector(plan.base_path, device=str(device))
     say(f"preparing {len(train)} training case(s)" + (f", holding back {held.name}" if held else ""))
-    recipe = adapt_recipe(meta, options, options.coarse_steps, options.fine_steps)
+    recipe = adapt_recipe(plan.meta, options, options.coarse_steps, options.fine_steps)
     train_cases = []
     for c in train:
         check()
@@ -291,9 +450,9 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     evaluate = [held] if held is not None else train
     check()
     t0 = time.monotonic()
-    before = float(np.mean([_mre(detector, c, truth[id(c)]) for c in evaluate]))
+    before = float(np.mean([_mre(detector, c, plan.truth(c)) for c in evaluate]))
     eval_seconds = (time.monotonic() - t0) / len(evaluate)
-    on = f"held-back case {held.name}" if held else f"the {len(train)} training case(s) (no case held back)"
+    on = plan.evaluated_on
     say(f"error before adapting on {on}: {before:.2f} mm")
 
     trainer = DetectorTrainer(recipe, names, device=str(device))
@@ -305,106 +464,36 @@ def adapt(base: str | os.PathLike, cases: Sequence[AdaptCase], out: str | os.Pat
     evals_outside = 1.5 + (1 if options.coarse_steps else 0)  # the final check, the check after the coarse stage
     left = deadline - time.monotonic() - evals_outside * eval_seconds * len(evaluate) - min(5.0, 3.0 * options.max_minutes)
     checks_per_step = (len(evaluate) * eval_seconds / options.val_every) if held else 0.0
-    coarse_steps = min(options.coarse_steps, max(0, int(0.2 * left / t_coarse)))
-    fine_steps = min(options.fine_steps, max(0, int((left - coarse_steps * t_coarse) / (t_fine + checks_per_step))))
+    coarse_steps, fine_steps = plan_steps(options, left, t_coarse, t_fine, checks_per_step)
     if fine_steps + coarse_steps == 0:
         raise DGLandmarkError(f"--max-minutes {options.max_minutes:g} leaves no time to train "
                               f"(one fine step takes {t_fine:.1f} s here)")
     recipe.coarse_steps, recipe.fine_steps = coarse_steps, fine_steps
-    total = coarse_steps + fine_steps
     say(f"{coarse_steps} coarse + {fine_steps} fine steps planned on {device}")
 
-    best = {"mm": before, "state": _state(trainer.network), "step": "base"}
-    done = {"coarse": 0, "fine": 0}
-    stale = [0]
-    stop = {"reason": ""}
-
-    def held_back_error() -> float:
-        modes = [m.training for m in (trainer.network.coarse, trainer.network.fine)]
-        trainer.network.eval()
-        try:
-            return float(np.mean([_mre(detector, c, truth[id(c)]) for c in evaluate]))
-        finally:
-            trainer.network.coarse.train(modes[0])
-            trainer.network.fine.train(modes[1])
-
-    def consider(label: str) -> None:
-        mm = held_back_error()
-        if mm < best["mm"] - options.min_gain_mm:
-            best.update(mm=mm, state=_state(trainer.network), step=label)
-            stale[0] = 0
-        else:
-            stale[0] += 1
-        say(f"{label}: held-back error {mm:.2f} mm (best {best['mm']:.2f})")
-        if stale[0] >= options.patience:
-            stop["reason"] = "early stopping"
-
-    def on_row(row: dict) -> None:
-        stage = row.get("stage")
-        if stage not in done:
-            return
-        done[stage] = int(row["step"])
-        if progress:
-            progress(done["coarse"] + done["fine"], total)
-        if held is not None and stage == "fine" and done["fine"] % options.val_every == 0 and done["fine"] < fine_steps:
-            consider(f"fine step {done['fine']}")
-
-    def should_stop() -> bool:
-        check()
-        if not stop["reason"] and time.monotonic() > deadline - 1.2 * eval_seconds * len(evaluate):
-            stop["reason"] = "time budget"
-        return bool(stop["reason"])
-
-    trainer.log = on_row
-    trainer.should_stop = should_stop
-    if progress:
-        progress(0, total)
-    stopped_by = "steps"
-    base_coarse = _state(trainer.network.coarse)
-    coarse_kept = None
-    for stage in ("coarse", "fine"):
-        if recipe.coarse_steps if stage == "coarse" else recipe.fine_steps:
-            trainer.finetune(train_cases, stages=(stage,))
-            if stop["reason"]:
-                stopped_by = stop["reason"]
-                break
-        if stage == "coarse" and recipe.coarse_steps:
-            # a few coarse steps on a few cases can hurt more than help: keep them only when they do not
-            mm = held_back_error()
-            coarse_kept = mm <= before + 0.02
-            if not coarse_kept:
-                trainer.network.coarse.load_state_dict(base_coarse)
-            elif held is not None and mm < best["mm"] - options.min_gain_mm:
-                best.update(mm=mm, state=_state(trainer.network), step="coarse")
-            say(f"after the coarse stage: error {mm:.2f} mm ({'kept' if coarse_kept else 'reverted to the base coarse network'})")
-    trainer.should_stop = None
-    trainer.network.eval()
-    if held is not None:
-        consider("end")
-        trainer.network.load_state_dict(best["state"])
-        after = best["mm"]
-    else:
-        after = held_back_error()
-    trainer.network.eval()
+    run = _Run(trainer, detector, plan, options, deadline, eval_seconds, before, say, is_cancelled, progress)
+    stopped_by, coarse_kept = run.train(train_cases, before)
+    after, selected = run.finish()
     seconds = time.monotonic() - start
     say(f"error after adapting on {on}: {after:.2f} mm")
     check()
-    record = _provenance(base_path, meta, ordered, held, train, done, before, after, on, stopped_by, seconds,
-                         options, device, best["step"] if held else "end")
+    record = _provenance(plan, run.done, before, after, stopped_by, seconds, options, device, selected)
     record["coarse_stage_kept"] = coarse_kept
     record["rehearsal"] = SAMPLE_VOLUME.name if rehearsal is not None else ""
+    meta = plan.meta
     keep = {k: meta[k] for k in ("protocol", "bilateral_pairs", "reference_lps", "method", "data") if k in meta}
     trainer.save(target, {**keep, "model_name": target.name.removesuffix(".safetensors"), "adaptation": record})
-    return AdaptResult(target, record, before, after, on, dict(done), seconds, stopped_by)
+    return AdaptResult(target, record, before, after, on, dict(run.done), seconds, stopped_by)
 
 
 def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
-def _provenance(base_path: Path, meta: dict, cases: Sequence[AdaptCase], held: AdaptCase | None,
-                train: Sequence[AdaptCase], done: dict, before: float, after: float, on: str, stopped_by: str,
-                seconds: float, options: AdaptOptions, device: torch.device, selected: str) -> dict:
+def _provenance(plan: AdaptationPlan, done: dict, before: float, after: float, stopped_by: str, seconds: float,
+                options: AdaptOptions, device: torch.device, selected: str) -> dict:
+    base_path, meta, held = plan.base_path, plan.meta, plan.held
+
     def describe(c: AdaptCase) -> dict:
         return {"name": c.name, "role": "held-back" if c is held else "training",
                 "image_file": Path(c.image_file).name if c.image_file else "", "image_sha256": c.image_sha256,
@@ -414,7 +503,7 @@ def _provenance(base_path: Path, meta: dict, cases: Sequence[AdaptCase], held: A
     return {
         "base_model": {"name": meta.get("model_name", base_path.stem), "file": base_path.name,
                        "sha256": file_sha256(base_path), "created": meta.get("created", "")},
-        "cases": [describe(c) for c in cases],
+        "cases": [describe(c) for c in plan.cases],
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "steps": dict(done),
         "selected": selected,
@@ -422,11 +511,12 @@ def _provenance(base_path: Path, meta: dict, cases: Sequence[AdaptCase], held: A
         "seconds": round(seconds, 1),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "error_mm": {"evaluated_on": on, "before": round(before, 3), "after": round(after, 3),
+        "error_mm": {"evaluated_on": plan.evaluated_on, "before": round(before, 3), "after": round(after, 3),
                      "held_back": held is not None},
         "options": asdict(options),
     }
 
 
-__all__ = ["REVIEWED", "REVIEW_STATUSES", "is_reviewed_file", "AdaptCase", "AdaptOptions", "AdaptResult", "adapt", "adapt_recipe", "cases_from_dataset",
-           "check_cases", "count_reviewed", "default_output", "reviewed"]
+__all__ = ["MIN_CASES", "REVIEWED", "REVIEW_STATUSES", "AdaptCase", "AdaptOptions", "AdaptResult", "AdaptationPlan",
+           "adapt", "adapt_recipe", "cases_from_dataset", "check_cases", "check_output", "count_reviewed",
+           "default_output", "is_reviewed_file", "plan_steps", "prepare_adaptation", "reviewed"]

@@ -32,6 +32,7 @@ import numpy as np
 
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_volume
+from napari_dglandmark.io.atomic import atomic_path, write_text_atomic
 from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Volume
 from napari_dglandmark.model.devices import resolve_device
@@ -303,10 +304,10 @@ def run_benchmark(config_path: str | Path, out: str | Path, data: str | Path, pr
                     text += f", stroke T1 vs T2 median {stroke[row][-1]:.2f}"
                 log(f"{row} seed {seed}: {text} ({time.time() - t0:.0f} s)")
             partial = summarise(errors, preset, seeds, time.time() - t0, stroke, arm_name, config)
-            (out / "dg_results.json").write_text(json.dumps(partial, indent=2) + "\n")
+            write_text_atomic(out / "dg_results.json", json.dumps(partial, indent=2) + "\n")
     summary = summarise(errors, preset, seeds, time.time() - t0, stroke, arm_name, config)
-    (out / "dg_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "dg_tables.md").write_text(markdown_tables(summary))
+    write_text_atomic(out / "dg_results.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "dg_tables.md", markdown_tables(summary))
     main_rows = {k: v for k, v in errors.items() if ", " not in k and "[" not in k}
     plot_sdr_curves(main_rows or errors, out / "dg_sdr_curves.png")
     if len(main_rows) < len(errors):
@@ -395,6 +396,7 @@ def plot_sdr_curves(errors: dict, path: Path) -> None:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 

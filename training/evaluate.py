@@ -37,14 +37,25 @@ FAILURE_POLICY = ("unplaced landmarks (NaN prediction where a truth exists) are 
 Progress = Callable[[int, int], None]
 
 
+def position_errors(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Euclidean error (mm) per row of two (N, 3) position arrays in the same landmark order: NaN where
+    the truth lacks a position, inf where the prediction does (the failure policy)."""
+    t, p = np.asarray(truth, dtype=float), np.asarray(prediction, dtype=float)
+    err = np.linalg.norm(p - t, axis=-1)
+    has_truth = np.isfinite(t).all(-1)
+    placed = np.isfinite(p).all(-1)
+    return np.where(has_truth, np.where(placed, err, np.inf), np.nan)
+
+
 def landmark_errors(truth: Landmarks, prediction: Landmarks, names: Sequence[str]) -> np.ndarray:
     """Euclidean error (mm) per name: NaN where the truth lacks it, inf where the prediction does."""
-    t = truth.reordered(names, strict=False).positions
-    p = prediction.reordered(names, strict=False).positions
-    err = np.linalg.norm(p - t, axis=1)
-    has_truth = np.isfinite(t).all(1)
-    placed = np.isfinite(p).all(1)
-    return np.where(has_truth, np.where(placed, err, np.inf), np.nan)
+    return position_errors(truth.reordered(names, strict=False).positions,
+                           prediction.reordered(names, strict=False).positions)
+
+
+def mean_radial_error(truth: Landmarks, prediction: Landmarks, names: Sequence[str]) -> float:
+    """MRE (mm) of one prediction over ``names`` under the failure policy (placed landmarks only)."""
+    return summarise(landmark_errors(truth, prediction, names))["mre_mm"]
 
 
 def sdr(errors: np.ndarray, radius: float) -> float:

@@ -35,6 +35,7 @@ from . import ddp
 from .augment import AugmentConfig, apply_spatial, random_spatial_transform, transform_points
 from .config import TrainConfig
 from .data import LandmarkCase, SegmentationCase
+from .evaluate import position_errors, summarise
 from .losses import logcosh, mixing_loss, mse
 from .targets import boundary_distance_target, gaussian_heatmaps, mask_target, sobel_magnitude
 
@@ -132,15 +133,15 @@ class PretrainTask(Task):
 
 def validation_mre(network: nn.Module, cases: Sequence[LandmarkCase], single: SingleStageConfig,
                    device: torch.device) -> float:
-    """Mean radial error (mm, physical space) of the paper's decoding over ``cases``."""
+    """Mean radial error (mm, physical space) of the paper's decoding over every landmark of ``cases``,
+    under ``training.evaluate``'s failure policy (NaN when nothing was evaluated)."""
     errors = []
     with torch.no_grad():
         for case in cases:
             maps = network(case.image[None, None].to(device))[0]
             pos, _ = decode_to_physical(maps, case.grid, single)
-            err = np.linalg.norm(pos - case.truth, axis=1)
-            errors.extend(err[np.isfinite(case.truth).all(1)].tolist())
-    return float(np.mean(errors)) if errors else math.nan
+            errors.append(position_errors(case.truth, pos))
+    return summarise(np.concatenate(errors) if errors else np.zeros(0))["mre_mm"]
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -214,17 +214,9 @@ class AdaptWidget(WorkerRun, QWidget):
         """Check the situation, ask where to save, and start adapting; returns the worker (None if not started)."""
         from napari.utils.notifications import show_warning
 
-        from training.adapt import (
-            MIN_CASES,
-            AdaptCase,
-            AdaptOptions,
-            check_cases,
-            check_output,
-            default_output,
-        )
+        from training.adapt import AdaptCase, AdaptOptions, check_output, default_output, prepare_adaptation
 
-        from ..model.checkpoint import file_sha256, read_metadata
-        from ..model.inference import resolve_model
+        from ..model.checkpoint import file_sha256
 
         if self.worker is not None:
             show_warning("an adaptation is already running")
@@ -240,13 +232,7 @@ class AdaptWidget(WorkerRun, QWidget):
             self._fail("No reviewed landmarks: verify (Y), correct or add landmarks first; predictions nobody "
                        f"reviewed are not used{why}.")
             return None
-        if len(pairs) < MIN_CASES:
-            self._fail(f"{count_text(pairs)}: adaptation needs at least {MIN_CASES} reviewed scans.")
-            return None
         try:
-            base = self._base(pairs)
-            base_path = resolve_model(base)
-            meta = read_metadata(base_path)
             cases = []
             for image, points, lms in pairs:
                 volume = volume_from_image_layer(image.data, image.metadata, image.affine.affine_matrix)
@@ -254,7 +240,8 @@ class AdaptWidget(WorkerRun, QWidget):
                 digest = file_sha256(path) if path and Path(path).is_file() else ""
                 cases.append(AdaptCase(image.name, volume, lms, Path(path).name if path else image.name, digest,
                                        points.name))
-            check_cases(cases, list(meta.get("landmark_names") or []), meta.get("protocol", ""))
+            # the core's pre-checks (model kind, protocol, enough reviewed landmarks), as the CLI runs them
+            base_path = prepare_adaptation(self._base(pairs), cases).base_path
         except DGLandmarkError as exc:
             self._fail(str(exc))
             return None

@@ -212,3 +212,57 @@ def test_a_coarse_stage_that_hurts_is_reverted(tmp_path, tiny_model_path, monkey
     for k, v in after.state_dict().items():
         if k.startswith("coarse."):
             np.testing.assert_array_equal(v.numpy(), before.state_dict()[k].numpy())
+
+
+def test_prepare_adaptation_checks_everything_before_training(tmp_path, tiny_model_path):
+    from safetensors.torch import save_file
+
+    from training.adapt import prepare_adaptation
+
+    cases = cases_from_dataset(make_site(tmp_path / "site", 3))
+    plan = prepare_adaptation(tiny_model_path, list(reversed(cases)))
+    assert [c.name for c in plan.cases] == ["scan0", "scan1", "scan2"] and plan.held.name == "scan2"
+    assert [c.name for c in plan.train] == ["scan0", "scan1"] and plan.evaluated_on == "held-back case scan2"
+    truth = plan.truth(cases[0])
+    assert truth.names == plan.names and int(truth.defined.sum()) == count_reviewed(cases[0].landmarks) == 16
+    two = prepare_adaptation(tiny_model_path, cases[:2])
+    assert two.held is None and two.evaluated_on == "the 2 training case(s) (no case held back)"
+    single = tmp_path / "single.safetensors"
+    save_file({"w": __import__("torch").zeros(1)}, str(single),
+              metadata={"dglandmark": json.dumps({"architecture": {"name": "resunet3d"}, "landmark_names": ["AC"]})})
+    with pytest.raises(DGLandmarkError, match="single.safetensors.*two-stage"):
+        prepare_adaptation(single, cases)
+    unreviewed = [AdaptCase(c.name, c.volume, reviewed(c.landmarks)) for c in cases]
+    for c in unreviewed:
+        c.landmarks.status = ["predicted"] * len(c.landmarks)
+    with pytest.raises(DGLandmarkError, match="no reviewed landmarks"):
+        prepare_adaptation(tiny_model_path, unreviewed)
+
+
+def test_plan_steps_fits_the_time_left():
+    from training.adapt import plan_steps
+
+    options = AdaptOptions(coarse_steps=20, fine_steps=1500)
+    assert plan_steps(options, 100.0, 1.0, 0.5, 0.0) == (20, 160)  # coarse capped, the rest goes to fine
+    assert plan_steps(options, 10.0, 1.0, 0.5, 0.5) == (2, 8)  # a fifth for coarse; fine pays for its checks
+    assert plan_steps(options, 1e6, 1.0, 0.5, 0.0) == (20, 1500)
+    assert plan_steps(options, -5.0, 1.0, 0.5, 0.0) == (0, 0)
+
+
+def test_adaptation_errors_follow_the_evaluation_failure_policy(tiny_model_path):
+    """A landmark the model did not place is a failure, left out of the MRE (not a NaN mean)."""
+    from training.adapt import _mre
+
+    truth = read_landmarks(SAMPLE_LANDMARKS)
+
+    class HalfDetector:
+        names = truth.names
+
+        def detect(self, volume):
+            out = truth.copy()
+            out.positions = out.positions + [3.0, 4.0, 0.0]
+            out.positions[0] = np.nan  # not placed
+            return out
+
+    case = AdaptCase("a", read_volume(SAMPLE_VOLUME), truth)
+    assert _mre(HalfDetector(), case, truth) == pytest.approx(5.0)
