@@ -177,3 +177,14 @@ def test_the_cycle_check_fails_on_a_planted_cycle(tmp_path: Path):
     check_no_new_cycles(graph, planted)
     with pytest.raises(AssertionError, match="remove from KNOWN_CYCLES"):
         check_no_new_cycles(graph, planted | {frozenset({"planted.h", "planted.d"})})
+
+
+def test_the_adapt_widget_counts_reviewed_landmarks_without_training():
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from napari_dglandmark._widgets.adapt import count_text\n"
+            "from napari_dglandmark.io.landmarks import Landmarks\n"
+            "lms = Landmarks(['a', 'b'], np.zeros((2, 3)), status=['verified', 'predicted'])\n"
+            "print(count_text([(None, None, lms)]), 'training' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["1", "scan,", "1", "landmark", "reviewed", "False"]
