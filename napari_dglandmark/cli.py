@@ -40,15 +40,18 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert)
 
 
-def _optional_parsers() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands whose modules may not exist in a partial build (detect, models)."""
-    adders = []
-    try:
-        from .detect_cli import add_detect_parser, add_models_parser
-    except ImportError:
-        return adders
-    adders += [add_detect_parser, add_models_parser]
-    return adders
+def _bids(args: argparse.Namespace) -> int:
+    from .bids.cli import main as bids_main  # imported only when the command runs
+
+    return bids_main(args.bids_args)
+
+
+def add_bids_parser(sub: argparse._SubParsersAction) -> None:
+    """``dglandmark bids ...``: every argument goes to the BIDS App's own parser (``bids.cli``)."""
+    p = sub.add_parser("bids", help="BIDS App: BIDS_DIR OUTPUT_DIR participant|group (see dglandmark bids -h)",
+                       add_help=False, prefix_chars="\0")
+    p.add_argument("bids_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_bids)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dglandmark", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for adder in _optional_parsers():
-        adder(sub)
+    from .detect_cli import add_detect_parser, add_models_parser  # light: heavy imports wait for the command
+
+    add_detect_parser(sub)
+    add_models_parser(sub)
     add_convert_parser(sub)
+    add_bids_parser(sub)
     from .slicer_module import add_slicer_module_parser
 
     add_slicer_module_parser(sub)
