@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.model.single_stage import SingleStageConfig
-
-try:  # Python 3.11+
-    import tomllib
-except ImportError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 PRESETS = ("paper", "default")
 
@@ -131,7 +127,7 @@ def _coerce(name: str, value: Any, current: Any, source) -> Any:
         raise DGLandmarkError(f"setting {name!r} needs a {type(current).__name__}, got {value!r}", source) from None
 
 
-def preset(name: str, command: str = "finetune") -> TrainConfig:
+def preset(name: str) -> TrainConfig:
     """The settings of a preset. ``paper``: the published recipe; ``default``: ours (AdamW, cosine, clipping)."""
     if name not in PRESETS:
         raise DGLandmarkError(f"unknown preset {name!r}; use {' or '.join(PRESETS)}")
@@ -163,8 +159,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def build_config(preset_name: str, command: str, file: str | os.PathLike | None,
                  overrides: dict[str, Any]) -> TrainConfig:
-    """Preset, then the config file, then the command line (``None`` values are not given)."""
-    cfg = preset(preset_name, command)
+    """Preset, then the config file, then the command line (``None`` values are not given).
+    ``command`` names the sub-command for the callers' sake; every command starts from the same preset."""
+    cfg = preset(preset_name)
     if file:
         data = read_config_file(file)
         data.pop("preset", None)  # the preset is chosen on the command line
