@@ -182,7 +182,7 @@ def _detect(args: argparse.Namespace) -> int:
             continue
         try:
             volume, landmarks = _detect_one(image, detector, args)
-            warning = getattr(landmarks, "image_warning", "")
+            warning = landmarks.image_warning
             if warning and args.strict:
                 raise DGLandmarkError(f"{warning} (--strict refuses images the model was not made for)", image)
             if warning:
