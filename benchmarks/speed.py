@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-T1W = ROOT.parent / "shared/data/afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
+T1W = ROOT.parent / "shared/data/afids-mni2009c/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"  # 193x229x193
+IXI = ROOT.parent / "shared/data/real-heads-ixi"
 
 
 def whole_process(cmd: list[str], repeats: int) -> tuple[float, float]:
@@ -40,6 +41,74 @@ def whole_process(cmd: list[str], repeats: int) -> tuple[float, float]:
             raise RuntimeError(f"{cmd} failed: {pid.stderr.read().decode()[-500:]}")
         peaks.append(usage.ru_maxrss / 1024)
     return statistics.median(walls), max(peaks)
+
+
+def paired_whole_process(cmds: dict[str, list[str]], pairs: int) -> dict[str, dict[str, float]]:
+    """Each command run ``pairs`` times, alternating (so load changes hit every arm alike): medians."""
+    walls: dict[str, list[float]] = {k: [] for k in cmds}
+    peaks: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(pairs):
+        for name, cmd in cmds.items():
+            wall, peak = whole_process(cmd, 1)
+            walls[name].append(wall)
+            peaks[name].append(peak)
+    return {k: {"wall_s": statistics.median(walls[k]), "peak_mb": statistics.median(peaks[k]),
+                "runs_s": walls[k]} for k in cmds}
+
+
+def batch_throughput(images: list[str], backend: str, threads: int) -> float:
+    """Images per second over ``images`` (read + detect) with the model loaded once (after start-up)."""
+    from napari_dglandmark.io import read_volume
+    from napari_dglandmark.model.inference import Detector
+
+    det = Detector("afids32", device="cpu", backend=backend, threads=threads)
+    det.detect(read_volume(images[0]))  # warm-up
+    start = time.perf_counter()
+    for path in images:
+        det.detect(read_volume(path))
+    return len(images) / (time.perf_counter() - start)
+
+
+def paper_batch_throughput(images: list[str]) -> float:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from paper_pipeline import detect_paper
+
+    detect_paper(images[0])
+    start = time.perf_counter()
+    for path in images:
+        detect_paper(path)
+    return len(images) / (time.perf_counter() - start)
+
+
+def backends(args: argparse.Namespace) -> int:
+    """Detection only: whole process per backend vs the paper's pipeline (paired), and batch throughput."""
+    py = sys.executable
+    ours = [py, "-m", "napari_dglandmark.cli", "detect", args.image, "--quiet", "--threads", str(args.threads)]
+    cmds = {"onnx": ours + ["--backend", "onnx"], "torch": ours + ["--backend", "torch"],
+            "paper": [py, str(ROOT / "benchmarks/paper_pipeline.py"), args.image]}
+    whole = paired_whole_process(cmds, args.repeats)
+    batch = sorted(str(p) for p in IXI.glob("*_T1.nii.gz"))[:10]
+    tput = {b: batch_throughput(batch, b, args.threads) for b in ("onnx", "torch")}
+    tput["paper"] = paper_batch_throughput(batch)
+    load = os.getloadavg()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "image": args.image, "threads": args.threads,
+              "pairs": args.repeats, "load_average_after": load, "whole_process": whole,
+              "batch_images": batch, "batch_images_per_s": tput}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "backends.json").write_text(json.dumps(result, indent=2) + "\n")
+    p = whole["paper"]
+    lines = [f"{result['date']}, {os.cpu_count()} CPUs, {args.threads} threads, median of {args.repeats} "
+             f"alternating runs; load average after: {load[0]:.2f}",
+             "", "| arm | whole process (s) | x paper | peak memory (MB) | x paper | batch of 10 (images/s) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for k in ("onnx", "torch", "paper"):
+        w = whole[k]
+        lines.append(f"| {k} | {w['wall_s']:.2f} | {w['wall_s'] / p['wall_s']:.2f} | {w['peak_mb']:.0f} | "
+                     f"{w['peak_mb'] / p['peak_mb']:.2f} | {tput[k]:.2f} |")
+    (out / "backends.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def in_process_ours(image: str, repeats: int) -> float:
@@ -135,8 +204,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/speed"))
+    ap.add_argument("--backends", action="store_true",
+                    help="detection only: onnx / torch / paper whole process (paired) and batch throughput")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.backends:
+        return backends(args)
     py = sys.executable
     ours_cmd = [py, "-m", "napari_dglandmark.cli", "detect", args.image, "--quiet", "--threads", str(args.threads)]
     paper_cmd = [py, str(ROOT / "benchmarks/paper_pipeline.py"), args.image]
