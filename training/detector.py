@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_dglandmark.io.atomic import write_text_atomic
 from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Volume
 from napari_dglandmark.model.checkpoint import save_checkpoint
@@ -535,7 +536,7 @@ def segmentation_case(volume: Volume, mask: np.ndarray, recipe: DetectorRecipe) 
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    path.write_text("\n".join(json.dumps(r) for r in history) + "\n")
+    write_text_atomic(path, "\n".join(json.dumps(r) for r in history) + "\n")
 
 
 def realistic_case(volume: Volume, landmarks: Landmarks, names: Sequence[str], pipeline: PipelineConfig,
