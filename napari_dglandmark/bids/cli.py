@@ -33,7 +33,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..model.devices import DEVICE_CHOICES
+    from ..model.registry import BACKEND_CHOICES, BACKEND_HELP, DEVICE_CHOICES
     from .dataset import DEFAULT_SUFFIXES
 
     p = argparse.ArgumentParser(prog="dglandmark bids", description="BIDS App: detect landmarks in a BIDS "
@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", nargs="+", default=list(DEFAULT_SUFFIXES), metavar="SUFFIX",
                    help=f"anatomical suffixes to detect on, e.g. T1w T2w FLAIR (default: {' '.join(DEFAULT_SUFFIXES)})")
     p.add_argument("--model", default=None, help="bundled model name (default afids32) or a .safetensors path")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto = CUDA, then MPS, then CPU")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice); on a cluster, "
-                   "the cores the job was given")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="torch device: auto = CUDA, then MPS, then CPU")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the networks (default: the runtime's "
+                   "choice); on a cluster, the cores the job was given")
     p.add_argument("--skip-existing", action="store_true", help="skip images whose results are complete "
                    "(resume a stopped run)")
     p.add_argument("--quiet", action="store_true", help="only warnings, errors and the closing line")
@@ -60,25 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _participant(args: argparse.Namespace, log) -> int:
     import SimpleITK as sitk
-    import torch
 
     from ..model.inference import load_detector
     from ..protocols import protocol_or_none
     from .dataset import find_images
+    from .derivative import check_output
     from .participant import run_participant
 
     bids_dir, out_dir = Path(args.bids_dir), Path(args.output_dir)
     selection = find_images(bids_dir, args.participant_label, args.session_label, args.suffix)
+    check_output(out_dir, bids_dir)
     for line in selection.skipped:
         log(f"warning: {line}")
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own stderr noise; our errors are one line
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector = load_detector(args.model, device=args.device)
+    detector = load_detector(args.model, device=args.device, backend=args.backend, threads=args.threads)
     protocol = protocol_or_none(detector.info.protocol)
     if not args.quiet:
         log(f"{len(selection.images)} image(s) of {len({i.subject for i in selection.images})} participant(s); "
-            f"model {detector.info.name} ({detector.info.sha256[:12]}) on {detector.device}")
+            f"model {detector.info.name} ({detector.info.sha256[:12]}) on "
+            f"{getattr(detector, 'backend', 'torch')}/{detector.device}")
     outcome = run_participant(bids_dir, out_dir, selection.images, detector, protocol, args.skip_existing,
                               log, args.quiet)
     parts = [f"{len(outcome.done)} of {len(selection.images)} image(s) done -> {out_dir}"]

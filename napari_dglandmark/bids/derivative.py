@@ -59,14 +59,19 @@ def dataset_description(provenance: Provenance, bids_dir: Path) -> dict[str, Any
             "SourceDatasets": [{"URL": source.as_uri()}], "DatasetLinks": {"raw": source.as_uri()}}
 
 
-def prepare_output(out_dir: Path, bids_dir: Path, provenance: Provenance) -> None:
-    """Create OUTPUT_DIR with its dataset_description.json, or check an existing one was made by the
-    same version and model (mixing two models' results in one derivative would be silent and wrong)."""
+def check_output(out_dir: Path, bids_dir: Path) -> None:
+    """A one-line error, before any work, when OUTPUT_DIR cannot be the derivative's folder."""
     if out_dir.resolve() == bids_dir.resolve():
         raise DGLandmarkError("OUTPUT_DIR must not be the BIDS dataset itself (use e.g. "
                               "BIDS_DIR/derivatives/dglandmark)", out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DGLandmarkError("OUTPUT_DIR is not a folder", out_dir)
+
+
+def prepare_output(out_dir: Path, bids_dir: Path, provenance: Provenance) -> None:
+    """Create OUTPUT_DIR with its dataset_description.json, or check an existing one was made by the
+    same version and model (mixing two models' results in one derivative would be silent and wrong)."""
+    check_output(out_dir, bids_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "dataset_description.json"
     wanted = dataset_description(provenance, bids_dir)

@@ -61,3 +61,46 @@ def make_dataset(root: Path, layout: dict[str, Path | None] = LAYOUT) -> Path:
 @pytest.fixture
 def bids_dataset(tmp_path, shared_data) -> Path:
     return make_dataset(tmp_path / "ds")
+
+
+def schema_accepts_derivative(relpath: str) -> bool:
+    """Whether BIDS's schema (``bidsschematools``) accepts a derivative file's path and entities.
+
+    No BIDS rule knows a landmark suffix, so the name is checked as the JSON sidecar of an anatomical
+    derivative of the source's suffix (``..._space-T1w_desc-dglandmark_afids.tsv`` as
+    ``..._space-T1w_desc-dglandmark_T1w.json``): folder, entities, their order and labels are checked.
+    """
+    import re
+
+    from bidsschematools.rules import regexify_filename_rules
+    from bidsschematools.schema import load_schema
+
+    from napari_dglandmark.bids.dataset import parse_name
+
+    schema = load_schema()
+    rules = regexify_filename_rules(schema.rules.files.deriv.imaging, schema, level=1)
+    folder, name = relpath.rsplit("/", 1)
+    parsed = parse_name(name)
+    if parsed is None or parsed[1] != "afids" or "space" not in dict(parsed[0]):
+        return False
+    stem = "_".join(f"{k}-{v}" for k, v in parsed[0])
+    as_sidecar = f"{folder}/{stem}_{dict(parsed[0])['space']}.json"
+    return any(re.match(rule["regex"], as_sidecar) for rule in rules)
+
+
+def derivative_naming_problems(out: Path) -> list[str]:
+    """Files of a derivative folder that break BIDS naming where it applies (not .bidsignore'd ones)."""
+    from bids_validator import BIDSValidator
+
+    from napari_dglandmark.bids.bidsignore import BidsIgnore
+
+    ignore = BidsIgnore.from_dataset(out)
+    problems = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out).as_posix()
+        if rel == ".bidsignore" or ignore.ignores(rel):
+            continue
+        ok = BIDSValidator().is_bids(f"/{rel}") if "/" not in rel else schema_accepts_derivative(rel)
+        if not ok:
+            problems.append(rel)
+    return problems
