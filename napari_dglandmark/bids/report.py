@@ -98,7 +98,7 @@ def _record_json(index: int, record: Record) -> dict:
             "ses": record.session or "", "suffix": record.suffix, "source": record.source,
             "error": record.error, "warning": record.warning, "flagged": record.flagged,
             "nflag": len(record.flagged), "n": record.landmarks, "detected": record.detected,
-            "minconf": None if record.min_confidence is None else round(record.min_confidence, 3),
+            "minconf": None if record.min_confidence is None else float(f"{record.min_confidence:.3g}"),
             "meas": {k: (None if v is None else round(v, 2)) for k, v in record.measurements.items()},
             "outliers": record.outliers, "png": record.snapshot, "files": record.files}
 
@@ -219,6 +219,7 @@ const ROWS=50,CARDS=24;let sortKey="rank",asc=true,tpage=0,cpage=0,view=R.slice(
 const el=(t,a={},...k)=>{const e=document.createElement(t);for(const[n,v]of Object.entries(a)){if(n==="cls")e.className=v;
 else if(n==="text")e.textContent=v;else e.setAttribute(n,v)}for(const c of k)e.append(c);return e};
 const fmt=(v,d=1)=>v===null||v===undefined?"":Number(v).toFixed(d);
+const conf=v=>v===null||v===undefined?"":v>=0.01||v===0?Number(v).toFixed(2):Number(v).toExponential(1);
 const status=r=>r.error?"failed":r.warning?"warning":r.outliers.length?"outlier":r.nflag?"review":"ok";
 const problem=r=>status(r)!=="ok";
 const cols=[["rank","#"],["label","image"],["status","status"],["nflag","need review"],["minconf","min conf."]]
@@ -243,14 +244,14 @@ function table(){const h=el("tr");for(const[k,t]of cols){const th=el("th",{text:
   for(const r of view.slice(tpage*ROWS,(tpage+1)*ROWS)){const s=status(r),tr=el("tr");tr.onclick=()=>show(r.i);
     tr.append(el("td",{cls:"num",text:r.rank}),el("td",{text:r.label}),
       el("td",{cls:s==="failed"?"bad":s==="ok"?"":"warn",text:s,title:r.error||r.warning||""}),
-      el("td",{cls:"num",text:r.error?"":r.nflag+" / "+r.n}),el("td",{cls:"num",text:fmt(r.minconf,2)}));
+      el("td",{cls:"num",text:r.error?"":r.nflag+" / "+r.n}),el("td",{cls:"num",text:conf(r.minconf)}));
     for(const m of M)tr.append(el("td",{cls:"num"+(r.outliers.includes(m)?" out":""),text:fmt(r.meas[m])}));body.append(tr)}
   pager("tpager",tpage,ROWS,p=>{tpage=p;table()})}
 function card(r){const c=el("div",{cls:"card",id:"card-"+r.i});c.append(el("h3",{text:"#"+r.rank+"  "+r.label}));
   if(r.png){const a=el("a",{href:r.png,target:"_blank"});a.append(el("img",{src:r.png,loading:"lazy",alt:"three planes of "+r.label}));c.append(a)}
   if(r.error)c.append(el("div",{cls:"msg bad",text:r.error}));
   if(r.warning)c.append(el("div",{cls:"msg warn",text:"image warning: "+r.warning}));
-  if(!r.error){c.append(el("div",{cls:"msg",text:r.nflag+" of "+r.n+" landmarks need review; lowest confidence "+fmt(r.minconf,2)}));
+  if(!r.error){c.append(el("div",{cls:"msg",text:r.nflag+" of "+r.n+" landmarks need review; lowest confidence "+conf(r.minconf)}));
     if(r.nflag&&r.nflag===r.n)c.append(el("div",{cls:"msg warn",text:"every landmark needs review"}));
     else if(r.nflag){const chips=el("div",{cls:"chips"});for(const f of r.flagged)chips.append(el("span",{text:f}));c.append(chips)}
     const ms=M.filter(m=>m in r.meas).map(m=>m+" "+fmt(r.meas[m])+" mm"+(r.outliers.includes(m)?" (outlier)":""));
