@@ -56,20 +56,22 @@ def decode_array(maps: np.ndarray, method: str = "softmax-centroid", radius: int
     maps = np.asarray(maps, dtype=np.float32)
     n, d, h, w = maps.shape
     flat = maps.reshape(n, -1)
-    k, j, i = np.unravel_index(flat.argmax(-1), (d, h, w))
+    best = flat.argmax(-1)
+    top = np.take_along_axis(flat, best[:, None], 1)  # the maxima, [L, 1]
+    k, j, i = np.unravel_index(best, (d, h, w))
     peak = np.stack([i, j, k], -1)
     if method == "argmax":
-        return peak.astype(float), np.clip(flat.max(-1) / expected_peak, 0, 1).astype(float)
+        return peak.astype(float), np.clip(top[:, 0] / expected_peak, 0, 1).astype(float)
     if method == "softmax-centroid":
         # softmax = e / total; only the cube's share of it is needed, so e is never divided
-        e = flat - flat.max(-1, keepdims=True)
+        e = flat - top
         np.exp(e, out=e)
-        total = e.sum(-1, dtype=np.float64)
+        total = e.sum(-1).astype(np.float64)  # float32 pairwise sums: ~1e-7 relative
         centre, mass = _local_centroid_array(e.reshape(n, d, h, w), peak, radius)
         return centre.astype(float), np.clip(mass / total, 0, 1)
     if method == "centroid":
         centre, _ = _local_centroid_array(np.maximum(maps, 0), peak, radius)
-        return centre.astype(float), np.clip(flat.max(-1) / expected_peak, 0, 1).astype(float)
+        return centre.astype(float), np.clip(top[:, 0] / expected_peak, 0, 1).astype(float)
     raise _unknown(method)
 
 

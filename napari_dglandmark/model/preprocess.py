@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,15 +62,42 @@ def check_voxels(volume: Volume) -> None:
         warnings.warn(f"{where}: {bad} NaN or infinite voxels treated as background", stacklevel=2)
 
 
+HISTOGRAM_BINS = 1 << 20  # integer-valued samples spanning fewer values get their percentiles by counting
+EXACT_FLOAT32 = 1 << 24  # integers float32 holds exactly
+
+
 def _sample(arr: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
     flat = arr.reshape(-1)
     step = max(1, flat.size // limit)
     return flat[::step].astype(np.float32)
 
 
+def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(values, q)`` (linear method) of float32 ``values``, the same numbers; integer-valued
+    samples (most MRI) by counting instead of partial sorting, several times faster."""
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    if flat.size == 0:
+        return np.percentile(flat, q)
+    low, high = float(flat.min()), float(flat.max())
+    if not (-EXACT_FLOAT32 < low and high < EXACT_FLOAT32 and high - low < HISTOGRAM_BINS
+            and np.array_equal(flat, np.rint(flat))):  # NaN and infinities fail here too
+        return np.percentile(flat, q)
+    shifted = flat.astype(np.intp)
+    shifted -= int(low)
+    counts = np.cumsum(np.bincount(shifted))
+    virtual = (flat.size - 1) * (np.asarray(q, float) / 100.0)  # as numpy's "linear" method
+    previous = np.floor(virtual)
+    following = np.minimum(previous + 1, flat.size - 1)
+    order = np.searchsorted(counts, np.stack([previous, following]), side="right") + int(low)  # order statistics
+    a, b = order.astype(np.float32)
+    gamma = virtual - previous
+    diff = b - a  # numpy's _lerp: the same dtypes and order of operations
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
 def intensity_window(arr: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
     """Percentile window (computed on a strided subsample: fast, and stable to ~0.1 %)."""
-    lo, hi = np.percentile(_sample(arr), [low, high])
+    lo, hi = percentiles(_sample(arr), [low, high])
     if hi <= lo:
         lo, hi = float(arr.min()), float(arr.max())
     return float(lo), float(hi)
@@ -87,8 +115,12 @@ def normalise_array(arr: np.ndarray, settings: dict | None = None) -> np.ndarray
         data = np.where(finite, data, np.asarray(lo, dtype=data.dtype))
     else:
         lo, hi = intensity_window(data, s["low"], s["high"])
-    out = np.array(data, dtype=np.float32, order="C")
-    out -= np.float32(lo)
+    if np.can_cast(data.dtype, np.float32):  # float32 arithmetic either way: subtract while converting
+        out = np.empty(data.shape, np.float32)
+        np.subtract(data, np.float32(lo), out=out)
+    else:
+        out = np.array(data, dtype=np.float32, order="C")
+        out -= np.float32(lo)
     out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
 
@@ -119,9 +151,16 @@ def foreground_center(volume: Volume, normalised: np.ndarray | torch.Tensor | No
     mask = small > 0.1
     if int(mask.sum()) < 10:
         mask = small > small.mean()
-    k, j, i = np.nonzero(mask)
-    index = np.stack([i, j, k], 1).astype(float) * step
-    phys = volume.index_to_physical(index)
-    top = float(np.percentile(phys[:, 2], 99.5))
-    head = phys[phys[:, 2] >= top - HEAD_HEIGHT_MM]
-    return (head if len(head) else phys).mean(0)
+    k, j, i = (a.astype(float) for a in np.nonzero(mask))
+    # only LPS z per voxel is needed: positions are averaged in index space and mapped once (affine)
+    row = volume.geometry.index_to_physical_matrix()[2] * np.array([step, step, step, 1.0])
+    z = i * row[0]
+    z += j * row[1]
+    z += k * row[2]
+    z += row[3]
+    top = float(np.percentile(z, 99.5))
+    head = z >= top - HEAD_HEIGHT_MM
+    if not head.any():
+        head = slice(None)
+    mean = np.array([i[head].mean(), j[head].mean(), k[head].mean()]) * step
+    return volume.index_to_physical(mean)

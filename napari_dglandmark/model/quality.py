@@ -36,6 +36,7 @@ from ..errors import DGLandmarkError
 from ..io.landmarks import Landmarks
 from ..io.volume import Volume
 from .pipeline import Source, crop_source, fix_swapped_sides
+from .preprocess import percentiles
 from .resample import grid_around, resample_array
 from .shape import ShapeModel, load_shape_model
 
@@ -251,7 +252,7 @@ def image_statistics_warning(volume: Volume, source: Source | None = None, shape
         if fov.min() < need:
             return f"field of view {mm} mm: a slab too thin to hold the head's landmarks (needs >= {need:.0f} mm)"
     if sample.size:
-        lo, hi = np.percentile(sample, [0.5, 99.5])
+        lo, hi = percentiles(sample, [0.5, 99.5])
         dark = float(np.mean(sample <= lo + 0.1 * (hi - lo))) if hi > lo else 1.0
         if dark < MIN_BACKGROUND:
             return (f"no dark background around a head (only {100 * dark:.0f} % dark voxels): "

@@ -4,13 +4,14 @@ A *grid* is a ``Geometry``. ``index_map`` composes: grid voxel index -> physical
 (optionally moved by a physical 4x4 transform, for augmentation) -> source voxel index.
 
 Both paths interpolate trilinearly with zeros outside the source (torch: ``grid_sample`` with
-``align_corners=True``; numpy: :func:`interpolate`), and tests hold them to float precision.
+``align_corners=True``; numpy: :func:`resample_array`), and tests hold them to float precision.
 Inference (:func:`resample_array`) never imports torch; training (:func:`resample`, :func:`sample_at`)
 works on torch tensors on any device.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,9 @@ def index_map(source: Geometry, grid: Geometry, transform: np.ndarray | None = N
 
 # ----------------------------------------------------------------------------- numpy (inference)
 
+BLOCK = 1 << 14  # grid voxels sampled at a time: temporaries stay small and in cache
+
+
 def _grid_indices(shape: tuple[int, int, int]) -> np.ndarray:
     """Homogeneous voxel indices (i, j, k, 1) of every voxel of a grid, in array order: [4, D*H*W]."""
     d, h, w = shape
@@ -53,50 +57,72 @@ def _grid_indices(shape: tuple[int, int, int]) -> np.ndarray:
     return np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]).astype(float)
 
 
-def source_coordinates(source: Geometry, grids: Sequence[Geometry],
-                       transforms: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Source voxel indices (k, j, i) sampled by each grid voxel: [3, B * D*H*W] (grids of one shape)."""
-    index = _grid_indices(grids[0].shape)
-    parts = [(index_map(source, g, t)[:3] @ index)[::-1] for g, t in zip(grids, transforms, strict=True)]
-    return np.concatenate(parts, axis=1)
+@functools.lru_cache(maxsize=8)
+def _grid_index_blocks(shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """:func:`_grid_indices` cut into blocks of at most :data:`BLOCK` voxels (cached per grid shape)."""
+    index = _grid_indices(shape)
+    blocks = tuple(np.ascontiguousarray(index[:, s: s + BLOCK]) for s in range(0, index.shape[1], BLOCK))
+    for b in blocks:
+        b.flags.writeable = False
+    return blocks
 
 
-def interpolate(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Trilinear values of ``image`` [D, H, W] at voxel coordinates ``coords`` [3, N] (k, j, i): [N] float32.
+def _axis_corners(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis of ``n`` voxels: (lower index, its weight, upper index, its weight); a
+    neighbour outside the image gets weight 0 and an index clamped into it."""
+    low = np.floor(c)
+    frac = (c - low).astype(np.float32)
+    low = low.astype(np.intp)
+    high = low + 1
+    w_low, w_high = 1.0 - frac, frac
+    if low.size and (low.min() < 0 or high.max() >= n):  # some neighbour outside: zeros padding
+        w_low[low.astype(np.uintp) >= n] = 0.0  # negative indices wrap to huge unsigned ones
+        w_high[high.astype(np.uintp) >= n] = 0.0
+        np.clip(low, 0, n - 1, out=low)
+        np.clip(high, 0, n - 1, out=high)
+    return low, w_low, high, w_high
 
-    Neighbours outside the image count as 0 (``grid_sample``'s zeros padding, ``align_corners=True``).
-    """
-    flat = np.ascontiguousarray(image, dtype=np.float32).reshape(-1)
-    corners = []  # per axis: ((index, weight) of the lower neighbour, (index, weight) of the upper)
-    for c, n in zip(coords, image.shape, strict=True):
-        low = np.floor(c)
-        frac = (c - low).astype(np.float32)
-        low = low.astype(np.intp)
-        pair = []
-        for idx, weight in ((low, 1.0 - frac), (low + 1, frac)):
-            inside = (idx >= 0) & (idx < n)
-            pair.append((np.clip(idx, 0, n - 1), np.where(inside, weight, np.float32(0.0))))
-        corners.append(pair)
-    _, h, w = image.shape
-    out = np.zeros(coords.shape[1], np.float32)
-    for kk, wk in corners[0]:
-        for jj, wj in corners[1]:
-            row = (kk * h + jj) * w
+
+def _interpolate_block(flat: np.ndarray, shape: tuple[int, int, int], coords: np.ndarray,
+                       out: np.ndarray) -> None:
+    """Trilinear values at ``coords`` [3, M] (k, j, i) of the C-ordered image ``flat`` of ``shape``, into ``out``."""
+    _, h, w = shape
+    k0, wk0, k1, wk1 = _axis_corners(coords[0], shape[0])
+    j0, wj0, j1, wj1 = _axis_corners(coords[1], h)
+    i0, wi0, i1, wi1 = _axis_corners(coords[2], w)
+    out[:] = 0.0
+    for kk, wk in ((k0, wk0), (k1, wk1)):
+        plane = kk * h
+        for jj, wj in ((j0, wj0), (j1, wj1)):
+            row = plane + jj
+            row *= w
             wkj = wk * wj
-            for ii, wi in corners[2]:
-                out += flat[row + ii] * (wkj * wi)
-    return out
+            for ii, wi in ((i0, wi0), (i1, wi1)):
+                value = flat.take(row + ii)
+                value *= wkj * wi
+                out += value
 
 
 def resample_array(image: np.ndarray, source: Geometry, grid: Geometry | Sequence[Geometry],
                    transforms: Sequence[np.ndarray | None] = (None,)) -> np.ndarray:
     """Sample ``image`` ([D, H, W] on ``source``) on ``grid``: [B, 1, d, h, w] float32, one per transform.
 
-    ``grid`` may also be a list of grids of one shape, one per transform (the fine patches).
+    ``grid`` may also be a list of grids of one shape, one per transform (the fine patches). Works
+    block by block (coordinates and interpolation), so memory does not grow with the grid.
     """
     grids = [grid] * len(transforms) if isinstance(grid, Geometry) else list(grid)
-    values = interpolate(image, source_coordinates(source, grids, transforms))
-    return values.reshape(len(grids), 1, *grids[0].shape)
+    shape = grids[0].shape
+    flat = np.ascontiguousarray(image, dtype=np.float32).reshape(-1)
+    blocks = _grid_index_blocks(tuple(shape))
+    out = np.empty((len(grids), int(np.prod(shape))), np.float32)
+    for b, (g, t) in enumerate(zip(grids, transforms, strict=True)):
+        to_source = index_map(source, g, t)[2::-1]  # rows (k, j, i) of grid index -> source index
+        start = 0
+        for block in blocks:
+            stop = start + block.shape[1]
+            _interpolate_block(flat, image.shape, to_source @ block, out[b, start:stop])
+            start = stop
+    return out.reshape(len(grids), 1, *shape)
 
 
 # ----------------------------------------------------------------------------- torch (training)
