@@ -124,6 +124,14 @@ def _finetune_recipe(args: argparse.Namespace) -> int:
     from .train_recipe import run_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.combine:
+        from .train_recipe import combine_stage_runs
+
+        out = Path(args.out) / "model.safetensors"
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        combine_stage_runs(Path(args.combine[0]), Path(args.combine[1]), out)
+        print(f"combined {recipe.name}: coarse from {args.combine[0]}, fine from {args.combine[1]}: {out}")
+        return 0
     data = Path(args.data) if args.data else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not data.is_dir():
         raise DGLandmarkError("shared data folder not found (give --data)", data)
@@ -343,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="a recipe file or bundled recipe name (training/recipes/NAME.toml): "
                                     "data, start model and settings as one resumable command")
     p.add_argument("--stages", help="with --recipe: only these networks (coarse, fine; comma-separated)")
+    p.add_argument("--combine", nargs=2, metavar=("COARSE_MODEL", "FINE_MODEL"),
+                   help="with --recipe: one model from two --stages runs of it done side by side")
     p.add_argument("--init", help="checkpoint to start from (e.g. a pretrain run's model.safetensors)")
     p.add_argument("--protocol", help="protocol name or JSON: landmark names and order")
     p.add_argument("--val", help="separate validation dataset (default: a seeded share of --data)")

@@ -131,3 +131,28 @@ def run_recipe(recipe: Recipe, data: Path, out: Path, run_dir: Path, resume: boo
     })
     log({"saved": str(out), "seconds": round(time.time() - start)})
     return out
+
+
+def combine_stage_runs(coarse_model: Path, fine_model: Path, out: Path) -> Path:
+    """One model from two runs of a recipe's stages side by side (``--stages coarse`` and ``--stages fine``):
+    the coarse network and its metadata from ``coarse_model``, the fine network from ``fine_model``; both
+    runs' histories and provenance are kept. The two must come from the same recipe file."""
+    from napari_dglandmark.model.checkpoint import load_checkpoint, save_checkpoint
+
+    network, meta = load_checkpoint(coarse_model)
+    fine_network, fine_meta = load_checkpoint(fine_model)
+    recipes = [m.get("recipe", {}).get("sha256") for m in (meta, fine_meta)]
+    if None in recipes or recipes[0] != recipes[1]:
+        raise DGLandmarkError("the two runs were not trained by the same recipe file", fine_model)
+    network.fine.load_state_dict(fine_network.fine.state_dict())
+    meta = {k: v for k, v in meta.items() if k not in ("architecture", "format_version", "created", "sha256")}
+    training = dict(meta.get("training", {}))
+    training["history"] = list(training.get("history", [])) + list(fine_meta.get("training", {}).get("history", []))
+    meta["training"] = training
+    meta["recipe"] = {**meta["recipe"], "stages": ["coarse", "fine"]}
+    meta["provenance"] = {"coarse_from": {"file": str(coarse_model), "sha256": file_sha256(coarse_model),
+                                          **meta.get("provenance", {})},
+                          "fine_from": {"file": str(fine_model), "sha256": file_sha256(fine_model),
+                                        **fine_meta.get("provenance", {})}}
+    save_checkpoint(out, network, meta)
+    return out

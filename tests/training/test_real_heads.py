@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,12 +150,8 @@ def test_bundled_recipe_loads_and_unknown_keys_are_errors(tmp_path):
         load_recipe("afids99")
 
 
-def test_finetune_recipe_runs_and_resumes_from_the_command_line(tmp_path):
-    """``dglandmark-train finetune --recipe`` on prepared heads: trains both networks, saves a model whose
-    metadata names the recipe and the heads, and a second call with --resume reuses the finished stages."""
-    from napari_dglandmark.model.checkpoint import read_metadata
-    from training.cli import main
-
+def _tiny_recipe(tmp_path) -> Path:
+    """Two prepared toy heads and a tiny recipe training on them (no template, no start model)."""
     heads = tmp_path / "heads"
     for k, shift in enumerate([(0, 0, 0), (4, -2, 2)]):
         head, lms = _toy_head(shift)
@@ -182,6 +179,16 @@ val_every = 2
 coarse_net = {{name = "resunet3d", base_width = 4, depth = 2, blocks_per_stage = 1, norm = "instance"}}
 fine_net = {{name = "resunet3d", base_width = 4, depth = 1, blocks_per_stage = 1, norm = "instance"}}
 """)
+    return recipe
+
+
+def test_finetune_recipe_runs_and_resumes_from_the_command_line(tmp_path):
+    """``dglandmark-train finetune --recipe`` on prepared heads: trains both networks, saves a model whose
+    metadata names the recipe and the heads, and a second call with --resume reuses the finished stages."""
+    from napari_dglandmark.model.checkpoint import read_metadata
+    from training.cli import main
+
+    recipe = _tiny_recipe(tmp_path)
     out = tmp_path / "run"
     assert main(["finetune", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]) == 0
     meta = read_metadata(out / "model.safetensors")
@@ -192,6 +199,41 @@ fine_net = {{name = "resunet3d", base_width = 4, depth = 1, blocks_per_stage = 1
     assert main(["finetune", "--recipe", str(recipe), "--out", str(out), "--device", "cpu", "--resume"]) == 0
     assert (out / "coarse" / "model.safetensors").stat().st_mtime_ns == first
     assert json.loads((out / "model.json").read_text())["recipe"]["file"] == "tiny.toml"
+
+
+def test_stages_run_side_by_side_combine_into_one_model(tmp_path):
+    """``--stages coarse`` and ``--stages fine`` in two runs, then ``--combine``: the coarse weights of the
+    first run, the fine weights of the second, both histories; runs of another recipe are refused."""
+    from napari_dglandmark.model.checkpoint import load_checkpoint, read_metadata
+    from training.cli import main
+
+    recipe = _tiny_recipe(tmp_path)
+    runs = {}
+    for stage in ("coarse", "fine"):
+        runs[stage] = tmp_path / stage
+        assert main(["finetune", "--recipe", str(recipe), "--out", str(runs[stage]), "--device", "cpu",
+                     "--stages", stage]) == 0
+    models = {k: v / "model.safetensors" for k, v in runs.items()}
+    assert main(["finetune", "--recipe", str(recipe), "--out", str(tmp_path / "both"), "--combine",
+                 str(models["coarse"]), str(models["fine"])]) == 0
+    both, meta = load_checkpoint(tmp_path / "both" / "model.safetensors")
+    coarse, _ = load_checkpoint(models["coarse"])
+    fine, _ = load_checkpoint(models["fine"])
+    for name, tensor in both.state_dict().items():
+        source = coarse if name.startswith("coarse.") else fine
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    assert not all(torch.equal(a, b) for a, b in zip(coarse.fine.state_dict().values(),
+                                                      fine.fine.state_dict().values(), strict=True))
+    assert {r["stage"] for r in meta["training"]["history"]} == {"coarse", "fine"}
+    assert meta["recipe"]["stages"] == ["coarse", "fine"]
+    assert set(meta["provenance"]) == {"coarse_from", "fine_from"}
+    other = recipe.with_name("other.toml")
+    other.write_text(recipe.read_text().replace("coarse_steps = 2", "coarse_steps = 3"))
+    assert main(["finetune", "--recipe", str(other), "--out", str(tmp_path / "other"), "--device", "cpu",
+                 "--stages", "coarse"]) == 0
+    assert main(["finetune", "--recipe", str(recipe), "--out", str(tmp_path / "mixed"), "--combine",
+                 str(tmp_path / "other" / "model.safetensors"), str(models["fine"])]) == 2
+    assert read_metadata(models["fine"])["recipe"]["stages"] == ["fine"]
 
 
 @pytest.mark.shared_data
