@@ -124,6 +124,28 @@ def hard_cases(split: str):
             vol, lms = rotated_copy(vol, lms, *pose)
         what = f"{subject.name} {contrast or 'T1w'}" + (f", {'xyz'[pose[0]]} {pose[1]:+.0f} deg" if pose else "")
         yield what, "real geometry", vol, lms
+    yield from label_head_cases(split)
+
+
+def label_head_cases(split: str):
+    """Real people's whole heads (the prepared label-map heads, ``scripts/make_real_heads.py``) rendered as
+    in ``benchmarks/real_heads.py``: held-out heads (never trained on) for ``held-out``, four training heads
+    for ``train``. Truth: the template's AFIDs transferred by ANTs SyN (its own error about 1.1 mm median)."""
+    from real_heads import rendered  # benchmarks/real_heads.py: this script's folder is first on sys.path
+
+    from training.data import default_cache_dir
+    from training.real_heads import held_out, load_heads
+
+    folder = default_cache_dir() / "real-heads"
+    if not folder.is_dir():
+        return
+    heads = load_heads(folder)
+    keep_out = held_out([h.name for h, _ in heads])
+    chosen = [h for h in heads if (h[0].name in keep_out) == (split == "held-out")][: None if split == "held-out" else 4]
+    for k, (head, truth) in enumerate(chosen):
+        for contrast, spacing in (("T1-like", 1.0), ("T2-like", 2.0)):
+            volume = rendered(head, contrast, spacing, seed=300 + k + (0 if split == "held-out" else 50))
+            yield f"{head.name} {contrast} {spacing:g} mm", "real head", volume, truth
 
 
 def _resampled(volume: Volume, spacing: tuple[float, float, float], size: tuple[int, int, int],

@@ -5,9 +5,10 @@ Scans (none used in training as images):
   and neck 1.6 mm, FreeSurfer norm.mgz), the Siemens 2D sagittal T1 DICOM series, the 20 IXI T1w
   heads with neck (2 mm), and the bundled 2 mm sample;
 - held-out label-map heads (``training.real_heads.held_out``: never trained on), rendered with fixed
-  T1-like and T2-like tissue intensities at 1 mm and at 2 mm; truth = the template's AFIDs
+  T1-like and T2-like tissue intensities at 1 mm and at 2 mm (T1-like 2 mm also with the top of the
+  head cut off); truth = the template's AFIDs
   transferred by ANTs SyN (its own error, measured on exact template warps, is in
-  ``transfer_check.json`` of the prepared heads and in the results).
+  ``transfer_check_*.json`` of the prepared heads and in the results).
 Per scan (no truth): AC-PC (adults 22-32 mm), midline off-plane RMS (<= 1.5 mm), the median residual
 to the closest of the 60 real people's expert configurations after a similarity fit (<= 3 mm),
 flags, image warning. Stroke pair: median T1w-T2w disagreement.
@@ -81,6 +82,16 @@ def rendered(head, contrast: str, spacing: float, seed: int) -> Volume:
                                       direction=np.asarray(image.GetDirection()).reshape(3, 3)), None)
 
 
+def top_cut(volume: Volume, truth: np.ndarray, margin_mm: float = 15.0) -> Volume:
+    """The scan with its field of view ending ``margin_mm`` above the highest landmark (the top of the head
+    cut off, as in a scan planned too low): everything superior to that plane is background."""
+    shape = volume.array.shape
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    z = volume.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3).astype(float))[:, 2].reshape(shape)
+    array = np.where(z > np.nanmax(truth[:, 2]) + margin_mm, 0, volume.array).astype(volume.array.dtype)
+    return Volume(array, volume.geometry, None)
+
+
 def run(model: str, out: Path, heads_dir: Path) -> dict:
     protocol = load_protocol("afids32")
     detector = Detector(model, device="cpu")
@@ -122,15 +133,18 @@ def run(model: str, out: Path, heads_dir: Path) -> dict:
     if heads_dir.is_dir():
         heads = load_heads(heads_dir)
         keep_out = held_out([h.name for h, _ in heads])
-        check = heads_dir / "transfer_check.json"
-        if check.is_file():
-            summary = json.loads(check.read_text())
+        checks = sorted(heads_dir.glob("transfer_check*.json"))  # scripts/make_real_heads.py --check N
+        if checks:
+            summary = json.loads(checks[-1].read_text())
             results["transfer_error_on_exact_warps"] = {k: summary[k] for k in ("mre_mm", "median_mm", "p90_mm")}
         for k, (head, truth) in enumerate(h for h in heads if h[0].name in keep_out):
             for contrast in ("T1-like", "T2-like"):
                 for spacing in (1.0, 2.0):
-                    detect(f"held-out label-map head, {contrast} {spacing:g} mm", head.name,
-                           rendered(head, contrast, spacing, seed=100 + k), truth.positions)
+                    volume = rendered(head, contrast, spacing, seed=100 + k)
+                    detect(f"held-out label-map head, {contrast} {spacing:g} mm", head.name, volume, truth.positions)
+                    if contrast == "T1-like" and spacing == 2.0:
+                        detect("held-out label-map head, T1-like 2 mm, top cut off 15 mm above the landmarks",
+                               head.name, top_cut(volume, truth.positions), truth.positions)
     results["summary"] = summarise(rows, results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "real_heads.json").write_text(json.dumps(results, indent=1))
