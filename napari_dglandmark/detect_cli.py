@@ -166,16 +166,39 @@ def _quiet_itk() -> None:
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
+class _NoBar:
+    """The part of a tqdm bar ``_detect`` uses, for runs that show none (one image, --quiet): no tqdm import."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+    @staticmethod
+    def write(text: str, file: Any = None) -> None:
+        print(text, file=file or sys.stdout)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    """A tqdm bar over the images on stderr, or :class:`_NoBar` when none is shown."""
+    if args.quiet or len(args.images) < 2:
+        return _NoBar(args.images)
+    from tqdm import tqdm
+
+    return tqdm(args.images, desc="detect", unit="image", file=sys.stderr)
+
+
 def _detect(args: argparse.Namespace) -> int:
     plan = _output_plan(args)
     _quiet_itk()
-    from tqdm import tqdm
-
     detector, protocol = _load_detector(args)
     writer = BatchWriter(plan, args.coords, protocol.measurement_triples() if protocol else [])
     done, skipped, failed = 0, 0, []
-    bar = tqdm(args.images, desc="detect", unit="image", disable=args.quiet or len(args.images) < 2,
-               file=sys.stderr)
+    bar = _progress_bar(args)
     for image in bar:
         if args.skip_existing and writer.has_result(image):
             skipped += 1

@@ -17,6 +17,7 @@ from napari_dglandmark.errors import DGLandmarkError
 from napari_dglandmark.io import read_volume
 from napari_dglandmark.io.geometry import Geometry, Volume
 from napari_dglandmark.model import onnx_export, registry
+from napari_dglandmark.model import resample as resample_module
 from napari_dglandmark.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from napari_dglandmark.model.decode import decode, decode_array
 from napari_dglandmark.model.inference import Detector
@@ -31,6 +32,7 @@ from napari_dglandmark.model.pipeline import (
     pooled_copy,
     prepare_source,
 )
+from napari_dglandmark.model.preprocess import percentiles
 from napari_dglandmark.model.resample import grid_around, resample, resample_array
 from napari_dglandmark.sample import SAMPLE_VOLUME as SAMPLE_IMAGE
 from tests.conftest import SHARED_DATA, T1W, require_shared
@@ -82,6 +84,40 @@ def test_numpy_resampling_matches_torch_grid_sample():
     assert (want[1] == 0).any() and (want[1] != 0).any()  # the second grid really is partly outside
     np.testing.assert_allclose(got, want, atol=2e-5)
 
+
+
+def test_numpy_resampling_in_blocks_matches_torch_grid_sample(monkeypatch):
+    """Grids of several blocks (the last one partial), partly outside the image, blocks of any size."""
+    vol = _phantom()
+    image = vol.array / 500.0
+    grid = grid_around(vol.index_to_physical(np.array([25.0, 20.0, 12.0])), 1.1, (31, 23, 29))
+    move = np.eye(4)
+    move[:3, :3] = _rotation(1, -35)
+    move[:3, 3] = [-8.0, 14.0, 3.0]
+    want = resample(torch.as_tensor(image), vol.geometry, grid, [move, None]).numpy()
+    assert np.prod(grid.shape) > resample_module.BLOCK and (want == 0).any() and (want != 0).any()
+    got = resample_array(image, vol.geometry, grid, [move, None])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    monkeypatch.setattr(resample_module, "BLOCK", 1000)  # another cut, the same numbers
+    resample_module._grid_index_blocks.cache_clear()
+    np.testing.assert_array_equal(resample_array(image, vol.geometry, grid, [move, None]), got)
+    resample_module._grid_index_blocks.cache_clear()
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).integers(-3000, 3000, 100_001).astype(np.int16),
+    np.random.default_rng(1).integers(0, 256, 5_000).astype(np.uint8),
+    np.random.default_rng(2).integers(0, 4096, 77).astype(np.float32),  # integer-valued floats
+    np.random.default_rng(3).normal(0, 1, 10_000).astype(np.float32),  # real floats: numpy itself
+    np.array([7], np.uint16),
+    np.array([1.0, np.nan, 3.0], np.float32),
+])
+def test_percentiles_are_numpys(values):
+    for q in ([0.5, 99.5], [0, 100], [50], [0.1, 33.3, 99.9]):
+        want = np.percentile(values.astype(np.float32), q)
+        got = percentiles(values, q)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
 
 def test_fine_and_coarse_inputs_agree_between_numpy_and_torch_sources():
     vol = _phantom()
