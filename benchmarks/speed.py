@@ -69,6 +69,46 @@ def batch_throughput(images: list[str], backend: str, threads: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+STAGES = ("read + detect (total)", "read", "prepare (normalise, centre, pool)", "coarse passes",
+          "fine passes (detect and review)", "review (re-search, test-time pass, image warning)",
+          "network runs (every stage)")
+
+
+def stage_seconds(images: list[str], threads: int) -> dict[str, float]:
+    """Mean seconds per image in each stage of read + ``Detector.detect`` on ONNX Runtime, model loaded.
+
+    Stages overlap: the fine passes include the review's, and the network runs are part of every stage.
+    """
+    from napari_dglandmark.io import read_volume
+    from napari_dglandmark.model import inference
+
+    det = inference.Detector("afids32", device="cpu", backend="onnx", threads=threads)
+    det.detect(read_volume(images[0]))  # warm-up
+    spent = dict.fromkeys(STAGES, 0.0)
+
+    def timed(stage: str, func):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[stage] += time.perf_counter() - start
+        return run
+
+    prepare, review = inference.prepare_source, inference.quality.review
+    inference.prepare_source, inference.quality.review = timed(STAGES[2], prepare), timed(STAGES[5], review)
+    det._coarse, det.refine = timed(STAGES[3], det._coarse), timed(STAGES[4], det.refine)
+    det.runner.run = timed(STAGES[6], det.runner.run)
+    try:
+        start = time.perf_counter()
+        for path in images:
+            det.detect(timed(STAGES[1], read_volume)(path))
+        spent[STAGES[0]] = time.perf_counter() - start
+    finally:
+        inference.prepare_source, inference.quality.review = prepare, review
+    return {k: v / len(images) for k, v in spent.items()}
+
+
 def paper_batch_throughput(images: list[str]) -> float:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from paper_pipeline import detect_paper
@@ -90,10 +130,11 @@ def backends(args: argparse.Namespace) -> int:
     batch = sorted(str(p) for p in IXI.glob("*_T1.nii.gz"))[:10]
     tput = {b: batch_throughput(batch, b, args.threads) for b in ("onnx", "torch")}
     tput["paper"] = paper_batch_throughput(batch)
+    stages = stage_seconds(batch, args.threads)
     load = os.getloadavg()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "image": args.image, "threads": args.threads,
               "pairs": args.repeats, "load_average_after": load, "whole_process": whole,
-              "batch_images": batch, "batch_images_per_s": tput}
+              "batch_images": batch, "batch_images_per_s": tput, "onnx_stage_s_per_image": stages}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backends.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -106,6 +147,11 @@ def backends(args: argparse.Namespace) -> int:
         w = whole[k]
         lines.append(f"| {k} | {w['wall_s']:.2f} | {w['wall_s'] / p['wall_s']:.2f} | {w['peak_mb']:.0f} | "
                      f"{w['peak_mb'] / p['peak_mb']:.2f} | {tput[k]:.2f} |")
+    lines += ["", "Where an image of the batch goes (onnx, model loaded; stages overlap: the fine passes include "
+              "the review's, the network runs are part of every stage):", "", "| stage | s per image | share |",
+              "| --- | --- | --- |"]
+    for k, v in stages.items():
+        lines.append(f"| {k} | {v:.3f} | {v / stages[STAGES[0]]:.0%} |")
     (out / "backends.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
