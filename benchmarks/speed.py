@@ -177,14 +177,18 @@ def training_steps(repeats: int) -> dict:
 
     Data path = random +-5 degree rotation of image and targets plus heatmap targets. The paper's:
     full-grid numpy Gaussian per landmark, then scipy rotation of the image and of every heatmap.
-    Ours: the image resampled once on the device (grid_sample), landmarks moved analytically,
-    separable Gaussians near each landmark. The network forward/backward is the same for both.
+    Ours (the training loop's sampler, ``training.warps``): the image resampled once through the core's
+    resampling (grid_sample), landmarks moved analytically, separable Gaussians near each landmark.
+    The network forward/backward is the same for both.
     """
     from scipy import ndimage
 
+    from napari_dglandmark.io.volume import Geometry
     from napari_dglandmark.model.networks import ResUNet3D
-    from training.augment import AugmentConfig, augment_batch
-    from training.targets import gaussian_heatmaps
+    from training.config import preset
+    from training.loop import spatial_of
+    from training.targets import gaussian_heatmaps, points_inside
+    from training.warps import warp_items
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -192,8 +196,9 @@ def training_steps(repeats: int) -> dict:
     opt = torch.optim.Adam(net.parameters())
     image = torch.rand(1, 1, 128, 128, 128)
     pts = torch.rand(1, 32, 3) * 100 + 14
-    config = AugmentConfig.preset("baseline")
-    gen = torch.Generator().manual_seed(0)
+    grid = Geometry((128, 128, 128), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    truth = grid.index_to_physical(pts[0].double().numpy())
+    config = spatial_of(preset("paper"))
 
     def paper_data() -> tuple[torch.Tensor, torch.Tensor]:
         zz, yy, xx = np.meshgrid(np.arange(128), np.arange(128), np.arange(128), indexing="ij")
@@ -205,8 +210,9 @@ def training_steps(repeats: int) -> dict:
         return torch.as_tensor(img)[None, None], torch.as_tensor(np.stack(maps)[None], dtype=torch.float32)
 
     def ours_data() -> tuple[torch.Tensor, torch.Tensor]:
-        batch = augment_batch(image, pts, config, gen)
-        return batch.image, gaussian_heatmaps(batch.points_vox, (128, 128, 128), 5.0, peak=255.0, valid=batch.valid)
+        x, _, moved = warp_items([image[0, 0]], [grid], config, rng, points_lps=[truth])
+        valid = points_inside(moved, (128, 128, 128))
+        return x, gaussian_heatmaps(moved, (128, 128, 128), 5.0, peak=255.0, valid=valid)
 
     def network_step(x: torch.Tensor, target: torch.Tensor) -> None:
         loss = torch.nn.functional.mse_loss(net(x), target)

@@ -42,15 +42,9 @@ from .config import TrainConfig
 from .loop import RESUME_JSON, Task, init_from_checkpoint, train
 from .losses import logcosh, mixing_loss, mse
 from .shapes import ThinPlateSpline, blend_shape, landmark_warp
-from .synth import (
-    BRAIN_TISSUES,
-    ElasticField,
-    physical_affine,
-    random_rotation,
-    synthesize_contrast,
-    warp_points,
-)
+from .synth import BRAIN_TISSUES, synthesize_contrast
 from .targets import boundary_distance_target, gaussian_heatmaps, sobel_magnitude
+from .warps import ElasticField, physical_affine, random_rotation, warp_points
 
 Log = Callable[[dict], None]
 

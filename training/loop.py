@@ -32,12 +32,12 @@ from napari_dglandmark.model.checkpoint import load_checkpoint, save_checkpoint
 from napari_dglandmark.model.single_stage import SingleStageConfig, decode_to_physical
 
 from . import ddp
-from .augment import AugmentConfig, apply_spatial, random_spatial_transform, transform_points
 from .config import TrainConfig
 from .data import LandmarkCase, SegmentationCase
 from .evaluate import position_errors, summarise
 from .losses import logcosh, mixing_loss, mse
 from .targets import boundary_distance_target, gaussian_heatmaps, mask_target, sobel_magnitude
+from .warps import SpatialConfig, warp_items
 
 RESUME_TENSORS = "resume.safetensors"
 RESUME_JSON = "resume.json"
@@ -62,36 +62,31 @@ class Task:
         return None
 
 
-def _rotate(images: Sequence[torch.Tensor], grids, degrees: float, gen: torch.Generator,
-            masks: Sequence[torch.Tensor] | None = None, points: Sequence[np.ndarray] | None = None):
-    """Random rotation (+-degrees about each axis, in mm about the grid centre) of each item."""
-    aug = AugmentConfig(rotation_deg=(degrees, degrees, degrees))
-    xs, ms, ps = [], [], []
-    for n, (img, grid) in enumerate(zip(images, grids, strict=True)):
-        t = random_spatial_transform(1, tuple(img.shape), aug, gen, spacing=grid.spacing)
-        xs.append(apply_spatial(img[None, None], t))
-        if masks is not None:
-            ms.append(apply_spatial(masks[n][None, None], t, mode="nearest"))
-        if points is not None:
-            p = torch.as_tensor(points[n], dtype=torch.float32)[None]
-            ps.append(transform_points(p, t)[0])
-    return torch.cat(xs), (torch.cat(ms) if ms else None), (torch.stack(ps) if ps else None)
+def spatial_of(config: TrainConfig) -> SpatialConfig:
+    """The single-network runs' spatial augmentation: rotation, uniform +-``rotation_deg`` about each grid axis."""
+    return SpatialConfig(rotation_deg=(config.rotation_deg,) * 3)
 
 
 class LandmarkTask(Task):
-    """Paper fine-tuning: Gaussian heatmaps (sigma, peak) on the model grid, MSE, rotation, MRE validation."""
+    """Paper fine-tuning: Gaussian heatmaps (sigma, peak) on the model grid, MSE, rotation, MRE validation.
 
-    def __init__(self, train: Sequence[LandmarkCase], val: Sequence[LandmarkCase], config: TrainConfig) -> None:
+    Each item is resampled on its own model grid through a ``training.warps`` draw of ``spatial``
+    (default: ``spatial_of(config)``), drawn with the loop's numpy generator.
+    """
+
+    def __init__(self, train: Sequence[LandmarkCase], val: Sequence[LandmarkCase], config: TrainConfig,
+                 spatial: SpatialConfig | None = None) -> None:
         if not train:
             raise DGLandmarkError("no training cases")
         self.train, self.val, self.config = list(train), list(val), config
+        self.spatial = spatial or spatial_of(config)
         self.single = config.single_stage()
 
     def batch(self, rng, gen, size, step):
         picks = rng.integers(len(self.train), size=size)
         cases = [self.train[i] for i in picks]
-        x, _, pts = _rotate([c.image for c in cases], [c.grid for c in cases], self.config.rotation_deg, gen,
-                            points=[c.points for c in cases])
+        x, _, pts = warp_items([c.image for c in cases], [c.grid for c in cases], self.spatial, rng,
+                               points_lps=[c.truth for c in cases])
         target = gaussian_heatmaps(pts, tuple(x.shape[2:]), self.config.sigma_vox, peak=self.config.peak)
         return x, target
 
@@ -102,18 +97,21 @@ class LandmarkTask(Task):
 
 
 class PretrainTask(Task):
-    """Pre-training on segmentations: boundary distance map | mask | Sobel input with mask target."""
+    """Pre-training on segmentations: boundary distance map | mask | Sobel input with mask target.
+    Image and mask move together through one ``training.warps`` draw of ``spatial`` per item."""
 
-    def __init__(self, cases: Sequence[SegmentationCase], config: TrainConfig) -> None:
+    def __init__(self, cases: Sequence[SegmentationCase], config: TrainConfig,
+                 spatial: SpatialConfig | None = None) -> None:
         if not cases:
             raise DGLandmarkError("no segmentation cases")
         self.cases, self.config = list(cases), config
+        self.spatial = spatial or spatial_of(config)
 
     def batch(self, rng, gen, size, step):
         cfg = self.config
         picks = [self.cases[i] for i in rng.integers(len(self.cases), size=size)]
-        x, m, _ = _rotate([c.image for c in picks], [c.grid for c in picks], cfg.rotation_deg, gen,
-                          masks=[c.mask for c in picks])
+        x, m, _ = warp_items([c.image for c in picks], [c.grid for c in picks], self.spatial, rng,
+                             masks=[c.mask for c in picks])
         if cfg.target == "boundary":
             target = boundary_distance_target(m, cfg.max_dist, scale=cfg.peak)
         else:

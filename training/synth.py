@@ -1,8 +1,8 @@
-"""Made-up test data from real volumes: random deformations and simulated scanner shifts.
+"""Made-up test data from real volumes: random deformations, simulated scanner shifts, synthetic contrasts.
 
-Used by evaluation tests and benchmarks (no other data can be downloaded). A deformed copy keeps
-the source geometry; its landmarks are moved with the deformation, exactly (affine part) and by
-fixed-point inversion (elastic part, residual < 1e-3 mm).
+Used by evaluation tests, benchmarks and training (no other data can be downloaded). A deformed copy
+keeps the source geometry; its landmarks are moved with the deformation (``training.warps``: exactly
+for the affine part, by fixed-point inversion for the elastic part, residual < 1e-3 mm).
 """
 
 from __future__ import annotations
@@ -18,63 +18,7 @@ from napari_dglandmark.io.landmarks import Landmarks
 from napari_dglandmark.io.volume import Geometry, Volume
 from napari_dglandmark.model.resample import resample
 
-
-def random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    """A rotation about a random axis by an angle uniform in [0, max_deg] (degrees)."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = np.deg2rad(rng.uniform(0, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-
-
-def physical_affine(center: np.ndarray, rotation: np.ndarray, scale: float | np.ndarray,
-                    translation: np.ndarray) -> np.ndarray:
-    """4x4 LPS transform: scale and rotate about ``center``, then translate (mm)."""
-    m = np.eye(4)
-    m[:3, :3] = rotation @ np.diag(np.broadcast_to(scale, (3,)))
-    m[:3, 3] = center + translation - m[:3, :3] @ center
-    return m
-
-
-class ElasticField:
-    """A smooth random displacement (mm, LPS) defined on a control grid spanning a Geometry."""
-
-    def __init__(self, geometry: Geometry, rng: np.random.Generator, magnitude_mm: float, points: int = 5):
-        self.geometry = geometry
-        self.control = torch.as_tensor(rng.normal(scale=magnitude_mm, size=(1, 3, points, points, points)),
-                                       dtype=torch.float64)
-
-    def at_index(self, index: np.ndarray) -> np.ndarray:
-        """Displacement (mm) at continuous voxel indices (N, 3) of the geometry."""
-        size = np.array(self.geometry.size, dtype=float)
-        norm = 2 * np.asarray(index, float) / np.maximum(size - 1, 1) - 1
-        grid = torch.as_tensor(norm, dtype=torch.float64).view(1, -1, 1, 1, 3)
-        u = F.grid_sample(self.control, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return u.view(3, -1).T.numpy()
-
-    def dense_source_index(self, source: Geometry) -> torch.Tensor:
-        """[1, 3, D, H, W] displacement in *source voxel* units on this field's grid (for resample)."""
-        d, h, w = self.geometry.shape
-        u = F.interpolate(self.control, size=(d, h, w), mode="trilinear", align_corners=True)[0]
-        to_index = np.linalg.inv(source.direction @ np.diag(source.spacing))
-        u = torch.einsum("ij,jdhw->idhw", torch.as_tensor(to_index), u)
-        return u[None].float()
-
-
-def warp_points(points_lps: np.ndarray, affine: np.ndarray, grid: Geometry,
-                elastic: ElasticField | None = None, iterations: int = 50) -> np.ndarray:
-    """Where source points land in the output of ``sample(p) = affine @ p + u(p)``."""
-    inv = np.linalg.inv(affine)
-    pts = np.asarray(points_lps, float)
-    target = pts @ inv[:3, :3].T + inv[:3, 3]
-    if elastic is None:
-        return target
-    p = target.copy()
-    for _ in range(iterations):
-        u = elastic.at_index(grid.physical_to_index(p))
-        p = (pts - u) @ inv[:3, :3].T + inv[:3, 3]
-    return p
+from .warps import ElasticField, Warp, physical_affine, random_rotation, warp_landmarks, warp_volume
 
 
 @dataclass
@@ -93,13 +37,11 @@ def deform(volume: Volume, landmarks: Landmarks, rng: np.random.Generator,
     center = geom.index_to_physical((np.array(geom.size) - 1) / 2)
     affine = physical_affine(center, random_rotation(rng, setting.rotation_deg), rng.uniform(*setting.scale),
                              rng.uniform(-setting.translation_mm, setting.translation_mm, 3))
-    elastic = ElasticField(geom, rng, setting.elastic_mm) if setting.elastic_mm > 0 else None
-    disp = elastic.dense_source_index(geom) if elastic is not None else None
-    image = torch.as_tensor(volume.array.astype(np.float32))
-    out = resample(image, geom, geom, [affine], disp)[0, 0].numpy()
+    warp = Warp(geom, affine, ElasticField(geom, rng, setting.elastic_mm) if setting.elastic_mm > 0 else None)
+    out = warp_volume(torch.as_tensor(volume.array.astype(np.float32)), geom, warp)[0, 0].numpy()
     arr = np.round(out).astype(volume.array.dtype) if np.issubdtype(volume.array.dtype, np.integer) else out
     moved = landmarks.copy()
-    moved.positions = warp_points(landmarks.positions, affine, geom, elastic)
+    moved.positions = warp_landmarks(landmarks.positions, warp)
     return Volume(arr, geom, volume.path), moved
 
 
@@ -276,10 +218,11 @@ def rotated_copy(volume: Volume, landmarks: Landmarks, axis: int, angle_deg: flo
     origin = geom.index_to_physical(-pad.astype(float))
     out_geom = Geometry(shape=tuple(int(n) for n in size[::-1]), spacing=geom.spacing, origin=tuple(origin),
                         direction=geom.direction)
-    affine = physical_affine(center, rot.T, 1.0, np.zeros(3))  # output point -> where it was before rotating
-    image = resample(torch.as_tensor(volume.array.astype(np.float32)), geom, out_geom, [affine])[0, 0].numpy()
+    # output point -> where it was before rotating
+    warp = Warp(out_geom, physical_affine(center, rot.T, 1.0, np.zeros(3)))
+    image = warp_volume(torch.as_tensor(volume.array.astype(np.float32)), geom, warp)[0, 0].numpy()
     moved = landmarks.copy()
-    moved.positions = warp_points(landmarks.positions, affine, out_geom)
+    moved.positions = warp_landmarks(landmarks.positions, warp)
     return Volume(image, out_geom, volume.path), moved
 
 

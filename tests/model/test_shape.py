@@ -8,7 +8,7 @@ import pytest
 from napari_dglandmark.io.volume import Geometry, Volume
 from napari_dglandmark.model.preprocess import foreground_center
 from napari_dglandmark.model.shape import fit_similarity, load_shape_model, robust_similarity
-from training.synth import random_rotation
+from training.warps import random_rotation
 
 
 def _points(seed: int = 0) -> np.ndarray:
