@@ -31,6 +31,10 @@ def setup_viewer(viewer, size: tuple[int, int] = WINDOW_SIZE):
     viewer.open_sample("napari-dglandmark", "afids_t1w")
     for widget in ("Detect landmarks", "Landmark table", "Measurements"):
         viewer.window.add_plugin_dock_widget("napari-dglandmark", widget)
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()  # the docks narrow the canvas: fit the slice (and its R/L letters) to what is left
+    viewer.reset_view()
     return viewer
 
 

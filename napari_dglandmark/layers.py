@@ -41,7 +41,11 @@ SYMBOL_NORMAL = "disc"
 SYMBOL_REVIEW = "star"
 BORDER_REVIEW = "#ffffff"
 BORDER_WIDTH_NORMAL = 0.1  # relative to the point size
-BORDER_WIDTH_LOW_CONFIDENCE = 0.2
+#: thin: a thick white outline ate the star's colour, and over a bright 3D rendering the outline vanishes
+BORDER_WIDTH_LOW_CONFIDENCE = 0.06
+#: a star covers about a third of the disc of the same size: flagged points are drawn this much larger
+REVIEW_SIZE_SCALE = 1.5
+POINT_SIZE = 4.0  # mm
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 _REVERSE = np.array([2, 1, 0])
 
@@ -200,6 +204,19 @@ def pending_review(landmarks: Landmarks, flags: Mapping[str, bool] | None = None
     return review_flags(landmarks, flags) & landmarks.defined & ~touched
 
 
+def implausible_detection_warning(landmarks: Landmarks) -> str:
+    """A warning when the model flagged every landmark it placed (no plausible detection); "" otherwise."""
+    flags = landmarks.review_flags() & landmarks.defined
+    n = int(landmarks.defined.sum())
+    if n < 3 or int(flags.sum()) < n:
+        return ""
+    conf = np.asarray(landmarks.confidence, dtype=float)[landmarks.defined]
+    best = f", confidence at most {np.nanmax(conf):.2f}" if np.isfinite(conf).any() else ""
+    return (f"the model flagged every landmark ({n} of {n}{best}): this detection is not plausible on this "
+            "image (is it the kind of scan the model was made for?). Check each landmark before using any, "
+            "or adapt the model to these scans.")
+
+
 def review_counts(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) -> tuple[int, int, int]:
     """(verified, total, still needing review) for the review counter."""
     verified = sum(s == "verified" for s in landmarks.status)
@@ -225,38 +242,43 @@ def review_order(landmarks: Landmarks, flags: Mapping[str, bool] | None = None) 
     return sorted(range(len(landmarks)), key=key)
 
 
-def next_for_review(landmarks: Landmarks, current: str | None,
-                    flags: Mapping[str, bool] | None = None) -> str | None:
-    """The next landmark (after ``current``, in row order, wrapping) that still needs review; None when none."""
+def next_for_review(landmarks: Landmarks, current: str | None, flags: Mapping[str, bool] | None = None,
+                    order: Sequence[int] | None = None) -> str | None:
+    """The next landmark (after ``current``, wrapping) that still needs review; None when none.
+
+    ``order`` is the table's row order (e.g. :func:`review_order` for *Worst first*); default: landmark order.
+    """
     pending = pending_review(landmarks, flags)
-    n = len(landmarks)
+    rows = list(range(len(landmarks)) if order is None else order)
     if not pending.any():
         return None
     try:
-        start = landmarks.index_of(current) + 1 if current else 0
-    except KeyError:
+        start = rows.index(landmarks.index_of(current)) + 1 if current else 0
+    except (KeyError, ValueError):
         start = 0
-    for step in range(n):
-        i = (start + step) % n
+    for step in range(len(rows)):
+        i = rows[(start + step) % len(rows)]
         if pending[i]:
             return landmarks.names[i]
     return None
 
 
-def marker_style(landmarks: Landmarks, rows: np.ndarray, flags: Mapping[str, bool] | None = None
-                 ) -> dict[str, Any]:
-    """Symbol, border colour and width for the points of ``rows`` (a star while review is pending)."""
+def marker_style(landmarks: Landmarks, rows: np.ndarray, flags: Mapping[str, bool] | None = None,
+                 size: float = POINT_SIZE) -> dict[str, Any]:
+    """Symbol, border colour and width, and size for the points of ``rows`` (a larger star while review is
+    pending, so it shows as much colour as a disc)."""
     pending = pending_review(landmarks, flags)[rows]
     border = np.tile(np.array([0.0, 0.0, 0.0, 1.0]), (len(rows), 1))
     border[pending] = [1.0, 1.0, 1.0, 1.0]
     return {"symbol": np.where(pending, SYMBOL_REVIEW, SYMBOL_NORMAL),
             "border_color": border,
-            "border_width": np.where(pending, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL)}
+            "border_width": np.where(pending, BORDER_WIDTH_LOW_CONFIDENCE, BORDER_WIDTH_NORMAL),
+            "size": np.where(pending, size * REVIEW_SIZE_SCALE, size)}
 
 
 def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = None, *,
                       name: str | None = None, image: str | None = None, model_sha256: str | None = None,
-                      size: float = 4.0, needs_review: Mapping[str, bool] | None = None) -> LayerDataTuple:
+                      size: float = POINT_SIZE, needs_review: Mapping[str, bool] | None = None) -> LayerDataTuple:
     """``(data, kwargs, "points")``: one point per defined landmark, named by the ``landmark`` feature.
 
     Missing landmarks get no point; their names stay in ``metadata["landmark_names"]`` so they
@@ -270,7 +292,7 @@ def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = No
     conf = np.asarray(landmarks.confidence, dtype=float)[idx]
     flags = review_flags(landmarks, needs_review)
     status = [landmarks.status[i] if landmarks.status[i] != "missing" else "defined" for i in idx]
-    style = marker_style(landmarks, idx, needs_review)
+    style = marker_style(landmarks, idx, needs_review, size)
     kwargs = {
         "name": name or "landmarks",
         "features": {"landmark": names, "confidence": conf, "status": status},
@@ -280,7 +302,7 @@ def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = No
         "border_width": style["border_width"],
         "border_width_is_relative": True,
         "symbol": style["symbol"] if names else SYMBOL_NORMAL,
-        "size": size,
+        "size": style["size"] if names else size,
         # text offsets are in world mm, not screen pixels: a diagonal shift clears the disc in every view
         "text": {"string": "{landmark}", "color": "white", "size": 9, "anchor": "upper_left",
                  "translation": [0.6 * size] * 3},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,6 +22,35 @@ def unwrap(obj: Any) -> Any:
             break
         obj = inner
     return obj
+
+
+#: where Export and Adapt propose to save (else the folder last chosen, else Documents/napari-dglandmark)
+WORK_DIR_ENV = "DGLANDMARK_WORK_DIR"
+_last_folder: dict[str, Path] = {}
+
+
+def working_folder() -> Path:
+    """The folder Export and Adapt propose: the one last chosen in this session, else ``$DGLANDMARK_WORK_DIR``,
+    else ``<Documents>/napari-dglandmark``; never the scan's own folder (read-only archives, BIDS datasets)."""
+    if "last" in _last_folder and _last_folder["last"].is_dir():
+        return _last_folder["last"]
+    env = os.environ.get(WORK_DIR_ENV)
+    if env:
+        folder = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        folder = Path(platformdirs.user_documents_dir()) / "napari-dglandmark"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path.home()
+    return folder
+
+
+def remember_folder(path: str | os.PathLike) -> None:
+    """The folder of a file the user chose: proposed next time."""
+    _last_folder["last"] = Path(path).expanduser().resolve().parent
 
 
 def landmark_layers(viewer: napari.viewer.Viewer) -> list[Any]:

@@ -1,7 +1,7 @@
 """'Adapt model to these scans' dock widget: the reviewed landmark layers fine-tune the model.
 
 Thin: it gathers (image layer, reviewed landmarks) pairs from the viewer, asks where to save the
-new model (default: beside the user's scans), runs ``training.adapt.adapt`` in a worker thread with
+new model (default: the working folder, never the scans' own folder), runs ``training.adapt.adapt`` in a worker thread with
 progress and Cancel, then selects the new model in the Detect widget (its public ``choose_checkpoint``).
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
 from ..io.landmarks import count_reviewed
 from ..layers import landmarks_from_points, volume_from_image_layer
-from . import landmark_layers, unwrap
+from . import landmark_layers, remember_folder, unwrap, working_folder
 from ._worker import WorkerRun
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 PLUGIN = "napari-dglandmark"
 DETECT_WIDGET = "Detect landmarks"
+#: the time budget box: minutes (the recipe stops earlier when the check scan stops improving)
+BUDGET_MINUTES = (1, 120, 10)
 
 
 def ask_model_path(start: str) -> str | None:
@@ -110,6 +112,15 @@ def count_text(pairs: list[tuple[Any, Any, Any]]) -> str:
     return f"{scans} scan{'s' if scans != 1 else ''}, {marks} landmark{'s' if marks != 1 else ''} reviewed"
 
 
+def plain_summary(result: Any) -> str:
+    """What an adaptation did, in words a user reads (the recipe's terms stay in the model's metadata)."""
+    better = result.after_mm < result.before_mm
+    return (f"On {result.evaluated_on}, kept aside to check the new model, the landmarks are now "
+            f"{result.after_mm:.1f} mm from yours on average ({result.before_mm:.1f} mm before: "
+            f"{'better' if better else 'not better; keep using the previous model'}). "
+            f"It took {result.seconds / 60:.1f} min.")
+
+
 def _run_adaptation(base: str, cases: list, out: str, options: Any, progress: Callable[[int, int], None],
                     cancelled: Callable[[], bool], message: Callable[[str], None]) -> tuple[str, Any]:
     """Worker body: ("ok", AdaptResult) / ("cancelled", None) / ("error", one-line message)."""
@@ -138,19 +149,35 @@ class AdaptWidget(WorkerRun, QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
-        #: injectable for tests: the save dialog and the adaptation settings
+        #: injectable for tests: the save dialog and the adaptation settings (else the time budget box sets them)
         self.ask_path: Callable[[str], str | None] | None = None
         self.options: Any = None
         self.base_model: str | None = None  # None: the model that made the landmark layers
         self.counts = QLabel("")
         self.adapt_button = QPushButton("Adapt model to these scans")
-        self.adapt_button.setToolTip("Fine-tune the detection model on the landmarks you verified, corrected or "
-                                     "added (minutes on a CPU); the new model is saved beside your scans")
+        self.adapt_button.setToolTip("Teach the detection model your scans: it learns from the landmarks you "
+                                     "verified, corrected or added, on this computer; your scans stay here")
+        low, high, default = BUDGET_MINUTES
+        self.budget = QSpinBox()
+        self.budget.setRange(low, high)
+        self.budget.setValue(default)
+        self.budget.setSuffix(" min")
+        self.budget.setToolTip("The longest the adaptation may take; it stops earlier when the model stops "
+                               "getting better")
+        self.budget.valueChanged.connect(lambda _v: self.refresh())
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        budget_row = QHBoxLayout()
+        budget_row.addWidget(QLabel("Time budget:"))
+        budget_row.addWidget(self.budget)
+        budget_row.addStretch(1)
         buttons = self._run_controls(self.adapt_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(4)
         layout.addWidget(self.counts)
+        layout.addLayout(budget_row)
+        layout.addWidget(self.estimate)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -182,6 +209,8 @@ class AdaptWidget(WorkerRun, QWidget):
         pairs, _ = gather(self.viewer)
         text = count_text(pairs)
         self.counts.setText(text)
+        self.estimate.setText(f"Takes up to {self.budget.value()} min on this computer (less when the model "
+                              "stops getting better); the new model is saved as a new file.")
         return text
 
     def reset_choices(self, event: Any = None) -> None:
@@ -245,12 +274,11 @@ class AdaptWidget(WorkerRun, QWidget):
         except DGLandmarkError as exc:
             self._fail(str(exc))
             return None
-        folder = next((Path(p).parent for p in ((im.metadata or {}).get("path") for im, _, _ in pairs)
-                       if p and Path(p).exists()), Path.home())
-        answer = (self.ask_path or ask_model_path)(str(default_output(base_path, folder)))
+        answer = (self.ask_path or ask_model_path)(str(default_output(base_path, working_folder())))
         if not answer:
             self.status.setText("not adapted: no file chosen")
             return None
+        remember_folder(answer)
         out = answer if answer.endswith(".safetensors") else answer + ".safetensors"
         try:
             check_output(Path(base_path), out)
@@ -261,7 +289,7 @@ class AdaptWidget(WorkerRun, QWidget):
 
         # busy until the first step reports (preparing, first check); a cancelled run saves nothing
         self._begin(f"adapting {Path(base_path).name} to {count_text(pairs)}...")
-        options = self.options or AdaptOptions()
+        options = self.options or AdaptOptions(max_minutes=float(self.budget.value()))
         worker = create_worker(_run_adaptation, str(base_path), cases, out, options, self.progressed.emit,
                                self._cancel.is_set, self.news.emit, _start_thread=False)
         return self._launch(worker, self._done)
@@ -285,7 +313,7 @@ class AdaptWidget(WorkerRun, QWidget):
                 path = str(payload.path)
                 selected = select_model(self.viewer, path)
                 where = " and selected it in Detect" if selected else ""
-                self.status.setText(f"saved {Path(path).name}{where}. {payload.summary()}")
+                self.status.setText(f"saved {Path(path).name}{where}. {plain_summary(payload)}")
                 show_info(f"adapted model saved: {path}")
         finally:
             self.finished.emit(path)

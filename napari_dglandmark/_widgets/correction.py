@@ -28,14 +28,19 @@ from ..layers import (
     points_layer_data,
     protocol_of,
     review_flags,
+    review_order,
 )
 from ..session import CorrectionSession, export_all, export_paths, next_name, save_sidecar
-from . import unwrap
+from . import remember_folder, unwrap, working_folder
 
 #: (key, what it does): bound on each landmark layer; none is a napari default for points layers
 SHORTCUTS = (("N", "next landmark that needs review (else the next one)"), ("B", "previous landmark"),
              ("Y", "accept the current landmark (verified) and go to the next"), ("U", "undo the last change"))
 AUTOSAVE_MS = 500
+#: landmark labels: white over slices; in 3D (one label, over a bright rendering) a saturated magenta that
+#: reads on white and on black
+LABEL_COLOR_2D, LABEL_COLOR_3D = "white", "#ff00ff"
+LABEL_SIZE_2D, LABEL_SIZE_3D = 9, 13
 _CORRECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -45,6 +50,21 @@ def ask(question: str, title: str = "napari-dglandmark") -> bool:
 
     answer = QMessageBox.question(None, title, question, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
+
+
+def choose(question: str, options: tuple[str, ...], default: str, title: str = "napari-dglandmark") -> str:
+    """One of ``options`` (button texts); ``default`` when the dialog is closed (module level: tests answer it)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Question, title, question)
+    buttons = {box.addButton(option, QMessageBox.AcceptRole if option != default else QMessageBox.RejectRole): option
+               for option in options}
+    for button, option in buttons.items():
+        if option == default:
+            box.setDefaultButton(button)
+            box.setEscapeButton(button)
+    box.exec()
+    return buttons.get(box.clickedButton(), default)
 
 
 def ask_save_path(caption: str, start: str = "") -> str | None:
@@ -81,6 +101,45 @@ def existing_corrector(layer: Any) -> Corrector | None:
     return _CORRECTORS.get(unwrap(layer))
 
 
+#: viewers whose N/B/Y/U also work while another layer (the image) is selected
+_KEYED_VIEWERS: weakref.WeakSet = weakref.WeakSet()
+NO_LANDMARKS_HINT = "N, B, Y and U review a landmark layer: detect landmarks or open a landmark file first"
+
+
+def bind_review_keys(viewer: Any) -> None:
+    """N/B/Y/U on the viewer too: with the image layer selected they act on the current landmark layer
+    (and select it), with no landmark layer they say why nothing happens."""
+    viewer = unwrap(viewer)
+    if viewer in _KEYED_VIEWERS:
+        return
+    _KEYED_VIEWERS.add(viewer)
+    for key, method in zip("nbyu", ("next", "previous", "accept", "undo"), strict=True):
+        viewer.bind_key(key, lambda v, _m=method: _review_key(v, _m), overwrite=True)
+    # an image layer's own Y (napari: orient the 3D plane along y) would come first: Y accepts there too
+    for layer in viewer.layers:
+        _bind_image_accept(viewer, layer)
+    viewer.layers.events.inserted.connect(lambda event: _bind_image_accept(viewer, event.value))
+
+
+def _bind_image_accept(viewer: Any, layer: Any) -> None:
+    from napari.layers import Image
+
+    if isinstance(layer, Image):
+        layer.bind_key("y", lambda _layer: _review_key(viewer, "accept"), overwrite=True)
+
+
+def _review_key(viewer: Any, method: str) -> None:
+    from . import current_landmark_layer
+
+    viewer = unwrap(viewer)
+    layer = current_landmark_layer(viewer)
+    if layer is None:
+        _show("info", NO_LANDMARKS_HINT)
+        return
+    viewer.layers.selection.active = layer
+    getattr(corrector_for(layer, viewer), method)()
+
+
 class Corrector:
     """Keeps a landmark layer's names and statuses right while a person edits it."""
 
@@ -99,6 +158,8 @@ class Corrector:
             n: bool(f) for n, f in zip(landmarks.names, review_flags(landmarks), strict=True)}
         #: names (normalised) of landmarks the user has looked at (selected)
         self.visited: set[str] = set()
+        #: N follows the table's *Worst first* order (set by the table) instead of the landmark order
+        self.worst_first = False
         self._warned_unvisited = False
         #: called with the current landmark name whenever it changes or the landmarks change
         self.listeners: list[Callable[[str | None], None]] = []
@@ -133,6 +194,7 @@ class Corrector:
         # 'removed' carries the layer itself; an index looked up in 'removing' can name another layer
         self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.dims.events.ndisplay.connect(self._update_labels)
+        bind_review_keys(self.viewer)
         self._update_labels()
 
     def _ask(self, question: str) -> bool:
@@ -245,6 +307,8 @@ class Corrector:
             layer.symbol = style["symbol"]
         layer.border_color = style["border_color"]
         layer.border_width = style["border_width"]
+        if not np.array_equal(np.asarray(layer.size), style["size"]):
+            layer.size = style["size"]
 
     def _write_layer(self, landmarks: Landmarks) -> None:
         """Points, names, statuses and colours of the whole layer from ``landmarks``."""
@@ -261,6 +325,7 @@ class Corrector:
                 layer.border_color = kwargs["border_color"]
                 layer.border_width = kwargs["border_width"]
                 layer.symbol = kwargs["symbol"]
+                layer.size = kwargs["size"]
             layer.metadata["needs_review"] = dict(self.flags)
             layer.selected_data = {i for i, v in enumerate(kwargs["features"]["landmark"]) if v in selected}
         finally:
@@ -301,10 +366,14 @@ class Corrector:
         if not three_d:
             if getattr(layer.text.string, "format", None) != "{landmark}":
                 layer.text.string = "{landmark}"
+                layer.text.color = LABEL_COLOR_2D
+                layer.text.size = LABEL_SIZE_2D
             return
         key = normalise_name(self.current or "")
         labels = [str(v) if key and normalise_name(str(v)) == key else "" for v in layer.features["landmark"]]
         layer.text.string = {"array": labels, "default": ""}
+        layer.text.color = LABEL_COLOR_3D  # a 3D rendering of a head is bright: white text vanished on it
+        layer.text.size = LABEL_SIZE_3D
 
     def _notify(self) -> None:
         for listener in list(self.listeners):
@@ -343,9 +412,15 @@ class Corrector:
         camera = scene.camera if scene is not None else self.viewer.camera
         camera.center = tuple(float(world[d]) for d in dims.displayed)
 
-    def next(self) -> None:
-        """The next landmark that still needs review; when none is left, the next one in order."""
-        name = next_for_review(self.session.landmarks, self.current, self.flags)
+    def _order(self) -> list[int] | None:
+        """The table's row order: worst first when the table shows it so, else the landmark order (None)."""
+        return review_order(self.session.landmarks, self.flags) if self.worst_first else None
+
+    def next(self, order: list[int] | None = None) -> None:
+        """The next landmark that still needs review (in ``order``, default the table's); when none is left,
+        the next one in landmark order."""
+        order = self._order() if order is None else order
+        name = next_for_review(self.session.landmarks, self.current, self.flags, order)
         self.select(name or next_name(self.names, self.current, 1))
 
     def next_in_order(self) -> None:
@@ -368,6 +443,7 @@ class Corrector:
         if name is None:
             _show("info", "select a landmark to accept")
             return
+        order = self._order()  # the rows as the user saw them: accepting moves this row down the worst-first order
         try:
             result = self.session.accept(name)
         except (DGLandmarkError, KeyError) as exc:
@@ -376,7 +452,7 @@ class Corrector:
         self._write_statuses(result)
         self._changed()
         self.current = name
-        self.next()
+        self.next(order)
 
     def undo(self) -> None:
         previous = self.session.undo()
@@ -428,14 +504,13 @@ class Corrector:
         """Ask for a file name and export the three files; errors become a notification."""
         if not self.confirm_unreviewed():
             return []
-        start = ""
-        if self.session.image:
-            image = Path(self.session.image)
-            start = str(export_paths(image.parent / f"{strip_volume_suffix(image.name)}_landmarks")["landmarks"])
+        stem = strip_volume_suffix(Path(self.session.image).name) if self.session.image else "landmarks"
+        start = str(export_paths(working_folder() / f"{stem}_landmarks")["landmarks"])
         caption = "Export landmarks: NAME.csv, NAME_measurements.csv and NAME.mrk.json (Slicer)"
         path = (self.ask_save_path or ask_save_path)(caption, start)
         if not path:
             return []
+        remember_folder(path)
         try:
             paths = self.export(path, coords)
         except (DGLandmarkError, OSError) as exc:

@@ -24,7 +24,13 @@ from qtpy.QtWidgets import (
 
 from .._sample_data import SAMPLE_KEY
 from ..errors import DGLandmarkError
-from ..layers import KIND_KEY, geometry_metadata, points_layer_data, volume_from_image_layer
+from ..layers import (
+    KIND_KEY,
+    geometry_metadata,
+    implausible_detection_warning,
+    points_layer_data,
+    volume_from_image_layer,
+)
 from ..session import CorrectionSession, load_sidecar, read_sidecar
 from . import correction, landmark_layers, unwrap
 from ._worker import WorkerRun
@@ -36,6 +42,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: network runtimes (``model.registry.BACKEND_CHOICES``): auto = torch on a CUDA GPU, else ONNX Runtime
 BACKENDS = ("auto", "onnx", "torch")
 BROWSE = "Browse..."
+#: the answers when a detection meets corrections (one question, three choices; closing it keeps them)
+KEEP, REPLACE, NEW_LAYER = "Keep my corrections", "Replace them", "Show as a new layer"
 NO_MODELS = "(no bundled models: use Browse...)"
 #: loaded detectors by (checkpoint path, device, backend); owned by this widget module, reused across runs
 _DETECTORS: dict[tuple[str, str, str], Any] = {}
@@ -73,6 +81,12 @@ def landmark_layer_name(image: str, model: str) -> str:
     return f"{image} landmarks ({model})"
 
 
+def _edit_count(session: Any) -> str:
+    statuses = list(session.landmarks.status)
+    parts = [f"{statuses.count(s)} {s}" for s in ("corrected", "added", "verified") if statuses.count(s)]
+    return ", ".join(parts) or "edited"
+
+
 def _run_detection(model: str, device: str, volume: Any, progress: Callable[[int, int], None],
                    cancelled: Callable[[], bool], backend: str = "auto") -> tuple[str, Any, Any]:
     """Worker body: ("ok", landmarks, model info) / ("cancelled", None, None) / ("error", message, None)."""
@@ -107,6 +121,7 @@ class DetectWidget(WorkerRun, QWidget):
         self.viewer = unwrap(napari_viewer)
         #: injectable for tests: yes/no questions and the checkpoint file dialog
         self.ask: Callable[[str], bool] | None = None
+        self.choose: Callable[[str, tuple[str, ...], str], str] | None = None
         self.browse: Callable[[], str | None] | None = None
         self._browsed: list[str] = []
         #: (image path, model) -> the answer to "restore the autosave?": asked once per image and model
@@ -187,7 +202,14 @@ class DetectWidget(WorkerRun, QWidget):
         if isinstance(layer, Image) and layer.ndim == 3:
             self.image_choice.value = layer
             if not (layer.metadata or {}).get(SAMPLE_KEY):
-                QTimer.singleShot(0, self.retire_sample)
+                QTimer.singleShot(0, lambda _layer=layer: self._show_opened(_layer))
+
+    def _show_opened(self, layer: Any) -> None:
+        """A scan was opened: retire the sample and bring the scan into view (its slice, the whole of it)."""
+        from .planes import bring_into_view
+
+        self.retire_sample()
+        bring_into_view(self.viewer, layer)
 
     def _show_missing_image(self) -> None:
         if not self._image_choices():
@@ -308,45 +330,87 @@ class DetectWidget(WorkerRun, QWidget):
             self.finished.emit(layer)
 
     def _show_result(self, landmarks: Any, info: Any, image_layer: Any, volume: Any) -> Any:
-        """One points layer per image and model; asks before replacing corrections."""
-        from napari.utils.notifications import show_info
+        """One points layer per image and model. Where corrections exist (in the layer, or in the autosave),
+        one question decides: keep them, replace them with the new detection, or show it as a new layer."""
+        from napari.utils.notifications import show_info, show_warning
 
         name = landmark_layer_name(image_layer.name, info.name)
         image_path = image_layer.metadata.get("path") or volume.path
         landmarks.image = image_path
+        warning = str(getattr(landmarks, "image_warning", "") or "") or implausible_detection_warning(landmarks)
+        landmarks.image_warning = warning
         session = CorrectionSession(landmarks, image=image_path, model=info.name, model_sha256=info.sha256,
                                     protocol=info.protocol or None)
-        restored = False
-        if image_path:
-            try:
-                saved = load_sidecar(image_path, info.name)
-            except DGLandmarkError as exc:
-                saved = None
-                show_info(f"autosave not restored: {exc}")
-            if saved is not None and saved.edited and self._restore(
-                    image_path, info.name, f"{Path(image_path).name} has saved corrections for {info.name}. "
-                    "Restore them (No: start from the new detection)?"):
-                saved.model_sha256 = saved.model_sha256 or info.sha256
-                session, restored = saved, True
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        prior, where = self._prior_corrections(existing, image_path, info.name)
+        choice = REPLACE if prior is None else self._choose(
+            f"{where} holds your corrections of these landmarks ({_edit_count(prior)}). The new detection with "
+            f"{info.name} would:", (KEEP, REPLACE, NEW_LAYER), KEEP)
+        if choice == KEEP and existing is not None:
+            self.status.setText(f"kept your corrections in {name}; the new detection was not applied")
+            self.viewer.layers.selection.active = existing
+            return existing
+        if choice == KEEP:  # corrections only in the autosave: bring them back instead of the detection
+            prior.model_sha256 = prior.model_sha256 or info.sha256
+            layer = self._add_layer(prior, info, image_layer, volume, name)
+            self.status.setText(f"restored your corrections from the autosave into {name}; "
+                                "the new detection was not applied")
+            return layer
+        if choice == NEW_LAYER:
+            suffix = self._free_suffix(name)
+            name = f"{name} {suffix}"
+            session.sidecar_key = f"{info.name} {suffix}"  # its own autosave entry: the corrected layer's stays
+            existing = None
         if existing is not None:
-            corrector = correction.existing_corrector(existing)
-            if corrector is not None and corrector.session.edited and not restored \
-                    and not self._ask(f"{name} holds corrections. Replace them with the new detection?"):
-                self.status.setText("kept the corrected layer")
-                return existing
             correction.corrector_for(existing, self.viewer, session)
             existing.metadata.update(self._metadata(info, image_layer, volume))
+            existing.metadata["image_warning"] = warning
             layer = existing
         else:
-            data, kwargs, _ = points_layer_data(session.landmarks, info.protocol or None, name=name,
-                                                image=image_path, model_sha256=info.sha256)
-            kwargs["metadata"].update(self._metadata(info, image_layer, volume))
-            layer = self.viewer.add_points(data, **kwargs)
-            correction.corrector_for(layer, self.viewer, session)
+            layer = self._add_layer(session, info, image_layer, volume, name)
         self.viewer.layers.selection.active = layer
-        self.status.setText(f"{len(landmarks)} landmarks from {info.name}")
+        done = f"{len(landmarks)} landmarks from {info.name}" + (f" in {name}" if choice == NEW_LAYER else "")
+        self.status.setText(done + (f". Warning: {warning}" if warning else ""))
         show_info(f"detected {len(landmarks)} landmarks on {image_layer.name} with {info.name}")
+        if warning:
+            show_warning(f"{image_layer.name}: {warning}")
+        return layer
+
+    def _prior_corrections(self, existing: Any, image_path: str | None, model: str) -> tuple[Any, str]:
+        """(session, where) of the user's corrections for this image and model; (None, "") when there are none.
+
+        The open layer counts first; else the autosave, unless the user already declined to restore it.
+        """
+        from napari.utils.notifications import show_info
+
+        corrector = correction.existing_corrector(existing) if existing is not None else None
+        if corrector is not None and corrector.session.edited:
+            return corrector.session, f"The layer {existing.name}"
+        if existing is not None or not image_path or self.restore_answers.get((str(image_path), model)) is False:
+            return None, ""
+        try:
+            saved = load_sidecar(image_path, model)
+        except DGLandmarkError as exc:
+            show_info(f"autosave not restored: {exc}")
+            return None, ""
+        return (saved, f"The autosave of {Path(image_path).name}") if saved is not None and saved.edited else (None, "")
+
+    def _choose(self, question: str, options: tuple[str, ...], default: str) -> str:
+        return (self.choose or correction.choose)(question, options, default)
+
+    def _free_suffix(self, name: str) -> str:
+        n = 2
+        while f"{name} [{n}]" in self.viewer.layers:
+            n += 1
+        return f"[{n}]"
+
+    def _add_layer(self, session: Any, info: Any, image_layer: Any, volume: Any, name: str) -> Any:
+        data, kwargs, _ = points_layer_data(session.landmarks, info.protocol or None, name=name,
+                                            image=session.image, model_sha256=info.sha256)
+        kwargs["metadata"].update(self._metadata(info, image_layer, volume))
+        layer = self.viewer.add_points(data, **kwargs)
+        correction.corrector_for(layer, self.viewer, session)
+        self.viewer.layers.selection.active = layer
         return layer
 
     @staticmethod
@@ -377,6 +441,8 @@ class DetectWidget(WorkerRun, QWidget):
                                                  == (model or None) for lay in landmark_layers(self.viewer)):
                 continue
             session = load_sidecar(path, model or None)
+            if session is not None and model and model != session.model:
+                session.sidecar_key = model  # a second layer's entry ("afids32 [2]"): it saves back there
             if session is None or not session.edited or not self._restore(
                     path, model, f"{Path(path).name} has autosaved corrections from "
                     f"{model or 'a previous session'}. Restore them?"):

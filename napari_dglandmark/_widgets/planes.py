@@ -20,6 +20,8 @@ from . import unwrap
 ORIENTATION_NAME = "orientation"
 LETTER_COLOR = "#ffd54a"
 PLANES_DOCK = "Coronal and sagittal"
+#: the smallest a landmark marker is drawn in the small coronal/sagittal canvases (pixels; 3-4 px were specks)
+MIN_MARKER_PX = 9
 
 
 def _camera(viewer: Any) -> Any:
@@ -63,6 +65,8 @@ class OrientationLabels:
     def show(self) -> None:
         """Letters on again (after the user removed them)."""
         self.enabled = True
+        if self.layer is not None and self.layer not in self.viewer.layers:
+            self.layer = None
         self.update()
 
     def letters(self) -> list[str]:
@@ -73,8 +77,11 @@ class OrientationLabels:
 
     def update(self, event: Any = None) -> None:
         viewer = self.viewer
-        if self.layer is not None and getattr(event, "value", None) is self.layer:
-            self.enabled = False  # removed by the user (or the viewer closing): do not put it back
+        if self.layer is not None and (getattr(event, "value", None) is self.layer
+                                       or self.layer not in viewer.layers):
+            # removed by the user or the viewer closing (napari may move the sliders before we hear of the
+            # removal): do not put it back, or a closing viewer's layer list never empties
+            self.enabled = False
             return
         if not self.enabled:
             return
@@ -82,10 +89,12 @@ class OrientationLabels:
         if extent is None or viewer.dims.ndim != 3:
             return
         displayed = list(viewer.dims.displayed)
+        # inside the content: letters left at an old slice would keep the sliders' range (and a black canvas)
+        point = np.clip(np.asarray(viewer.dims.point, dtype=float), extent[0], extent[1])
         points, letters = orientation_label_points(displayed[-2:], _camera(viewer).orientation2d, extent[0],
-                                                   extent[1], viewer.dims.point,
+                                                   extent[1], point,
                                                    margin=-0.06 * float(np.max(extent[1] - extent[0])))
-        if self.layer is None or self.layer not in viewer.layers:
+        if self.layer is None:
             from napari.layers import Points
 
             self.layer = Points(points, name=ORIENTATION_NAME, features={"letter": letters}, size=0.1,
@@ -122,6 +131,19 @@ def orientation_labels_for(viewer: Any) -> OrientationLabels:
     if labels is None:
         labels = _LABELS[viewer] = OrientationLabels(viewer)
     return labels
+
+
+def bring_into_view(viewer: Any, layer: Any) -> None:
+    """A newly opened image is seen: its middle slice (the old slice may miss it) and the whole slice fitted."""
+    viewer = unwrap(viewer)
+    if layer not in viewer.layers or viewer.dims.ndim != 3:
+        return
+    lo, hi = (np.asarray(e, dtype=float) for e in layer.extent.world)
+    viewer.dims.set_point(range(3), tuple(float(v) for v in (lo + hi) / 2))
+    labels = _LABELS.get(viewer)
+    if labels is not None:
+        labels.update()
+    viewer.reset_view()
 
 
 def set_plane(viewer: Any, plane: str, centre: np.ndarray | None = None) -> None:
@@ -188,7 +210,8 @@ class PlaneView(QWidget):
                 copy = Image(lay.data, affine=lay.affine.affine_matrix, colormap=lay.colormap.name,
                              contrast_limits=lay.contrast_limits, name=lay.name, projection_mode="none")
             else:
-                copy = Points(lay.data, name=lay.name, size=lay.size if np.ndim(lay.size) == 0 else 4.0)
+                copy = Points(lay.data, name=lay.name, size=lay.size if np.ndim(lay.size) == 0 else 4.0,
+                              canvas_size_limits=(MIN_MARKER_PX, 10000))
                 for name in ("data", "features", "face_color", "border_color", "symbol", "highlight"):
                     emitter = getattr(lay.events, name, None)
                     if emitter is not None:

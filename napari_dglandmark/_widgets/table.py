@@ -41,7 +41,7 @@ from ..layers import (
     review_summary,
 )
 from . import LayerFollower
-from .correction import SHORTCUTS, Corrector, corrector_for
+from .correction import SHORTCUTS, Corrector, bind_review_keys, corrector_for
 from .planes import orientation_labels_for, set_plane, show_three_planes
 
 if TYPE_CHECKING:
@@ -162,11 +162,12 @@ class LandmarkTableWidget(QWidget, LayerFollower):
         self.undo_button.clicked.connect(lambda: self.corrector and self.corrector.undo())
         self.next_button.clicked.connect(lambda: self.corrector and self.corrector.next())
         self.export_button.clicked.connect(self.export)
-        self.worst_first.toggled.connect(lambda _checked: self.refresh())
+        self.worst_first.toggled.connect(self._on_worst_first)
         self._follow()
         self._fit_height()
         self._fit_width()
         self.letters = orientation_labels_for(self.viewer)
+        bind_review_keys(self.viewer)
 
     def _centre(self) -> np.ndarray | None:
         """World position of the selected landmark (None when none is selected or it is missing)."""
@@ -229,8 +230,15 @@ class LandmarkTableWidget(QWidget, LayerFollower):
             self.corrector = corrector
             if corrector is not None:
                 corrector.listeners.append(self._on_current)
+                corrector.worst_first = self.worst_first.isChecked()
         for w in (self.accept_button, self.undo_button, self.next_button, self.export_button):
             w.setEnabled(self.corrector is not None)
+        self.refresh()
+
+    def _on_worst_first(self, checked: bool) -> None:
+        """Rows worst first, and N goes down the rows as shown (from the top row)."""
+        if self.corrector is not None:
+            self.corrector.worst_first = checked
         self.refresh()
 
     def _on_current(self, name: str | None) -> None:

@@ -40,18 +40,41 @@ def sample_viewer(make_napari_viewer):
 
 @pytest.fixture(autouse=True)
 def _no_dialogs(tmp_path, monkeypatch):
-    """Sidecars go to a temporary folder; questions and file dialogs never block (answer No / cancel)."""
-    from napari_dglandmark import session
+    """Sidecars and the working folder are temporary; questions and file dialogs never block (answer No / the default / cancel)."""
+    from napari_dglandmark import _widgets, session
     from napari_dglandmark._widgets import correction, detect
 
     monkeypatch.setenv(session.SIDECAR_DIR_ENV, str(tmp_path / "sidecars"))
+    monkeypatch.setenv(_widgets.WORK_DIR_ENV, str(tmp_path / "work"))
+    monkeypatch.setattr(_widgets, "_last_folder", {})
     asked: list[str] = []
 
     def no(question: str, title: str = "") -> bool:
         asked.append(question)
         return False
 
+    def default(question: str, options: tuple[str, ...], default: str, title: str = "") -> str:
+        asked.append(question)
+        return default
+
     monkeypatch.setattr(correction, "ask", no)
+    monkeypatch.setattr(correction, "choose", default)
     monkeypatch.setattr(correction, "ask_save_path", lambda caption, start="": None)
     monkeypatch.setattr(detect, "browse_checkpoint", lambda: None)
     return asked
+
+
+def dock(viewer, kind):
+    """The docked widget of class ``kind``."""
+    return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, kind))
+
+
+@pytest.fixture
+def launched(make_napari_viewer, qtbot):
+    """The README's launch: sample + docks at 1600x1000, shown (geometry needs a real window)."""
+    from napari_dglandmark.launch import setup_viewer
+
+    viewer = setup_viewer(make_napari_viewer(show=True))
+    qtbot.waitExposed(viewer.window._qt_window)
+    qtbot.wait(200)
+    return viewer

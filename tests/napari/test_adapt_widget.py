@@ -86,7 +86,8 @@ def test_detect_review_adapt_select(make_napari_viewer, tiny_model_path, qtbot, 
     base_hash = file_sha256(tiny_model_path)
     path = _adapt(adapter, qtbot)
     assert path == str(out) and out.is_file(), adapter.status.text()
-    assert asked and asked[0].startswith(str(site)) and asked[0].endswith(".safetensors")  # beside the scans
+    # the working folder, never the scans' own folder (archives, BIDS datasets)
+    assert asked and not asked[0].startswith(str(site)) and asked[0].endswith(".safetensors")
     assert file_sha256(tiny_model_path) == base_hash
     assert adapter.progress_log and adapter.progress_log[-1][0] == adapter.progress_log[-1][1] > 0
     meta = read_metadata(out)["adaptation"]

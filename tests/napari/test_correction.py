@@ -11,7 +11,7 @@ from napari_dglandmark import session as S
 from napari_dglandmark._reader import read_paths
 from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 from napari_dglandmark._widgets import correction
-from napari_dglandmark._widgets.detect import DetectWidget, landmark_layer_name
+from napari_dglandmark._widgets.detect import REPLACE, DetectWidget, landmark_layer_name
 from napari_dglandmark._widgets.measurements import MeasurementsWidget
 from napari_dglandmark._widgets.table import LandmarkTableWidget
 from napari_dglandmark.io import read_landmarks
@@ -177,15 +177,16 @@ def test_detect_correct_export_end_to_end(make_napari_viewer, tiny_model_path, q
     assert back_kwargs["features"]["status"][names.index("PC")] == "corrected"
     assert read_landmarks(paths[2]).status[read_landmarks(paths[2]).index_of("R superior LMS")] == "verified"
 
-    # detecting again asks before replacing corrections (the fixture answers No: the layer is kept)
+    # detecting again asks one question before touching corrections (the fixture keeps them: the default)
     data = layer.data.copy()
     data[_idx(layer, "culmen")] += [0.0, 0.0, 3.0]
     layer.data = data
     _no_dialogs.clear()
     assert _detect(detect, qtbot) is layer
-    assert any("holds corrections" in q for q in _no_dialogs)
+    assert len(_no_dialogs) == 1 and "holds your corrections" in _no_dialogs[0]
     assert _row(table, "culmen")[1] == "corrected"
-    detect.ask = lambda q: "Replace" in q  # restore the sidecar? no; replace? yes
+    assert "kept your corrections" in detect.status.text()
+    detect.choose = lambda q, options, default: REPLACE
     _detect(detect, qtbot)
     assert set(layer.features["status"]) == {"predicted"}
     assert [lay.name for lay in viewer.layers if lay.name != "orientation"] == ["afids_t1w", layer.name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,9 +12,9 @@ from napari_dglandmark import _reader
 from napari_dglandmark._widgets.planes import set_plane
 from napari_dglandmark.io import read_volume, write_volume
 from napari_dglandmark.io.volume import Geometry, Volume
-from napari_dglandmark.layers import lps_to_world, volume_from_image_layer
+from napari_dglandmark.layers import lps_to_world, volume_from_image_layer, world_to_lps
 
-from .conftest import PLUGIN
+from .conftest import PLUGIN, dock
 
 pytestmark = pytest.mark.napari
 STROKE = "real-unlabelled/stroke_T1.nii.gz"
@@ -38,7 +40,7 @@ def _no_rotation(layer) -> None:
     np.testing.assert_allclose(np.abs(layer.affine.rotate), np.eye(3), atol=1e-12)
 
 
-def test_stroke_t1_drawn_true_no_rotation_and_sitk_intensities(make_napari_viewer, shared_data):
+def test_stroke_t1_drawn_true_no_rotation_and_sitk_intensities(make_napari_viewer, shared_data, artifacts):
     """The no-eye check: no rotation in the drawn layer's affine; napari's pixels = SimpleITK's at 20 head points."""
     path = shared_data / STROKE
     viewer = make_napari_viewer()
@@ -61,7 +63,13 @@ def test_stroke_t1_drawn_true_no_rotation_and_sitk_intensities(make_napari_viewe
         got = shown_value(viewer, layer, lps_to_world(lps), ("axial", "coronal", "sagittal")[n % 3])
         errors.append(abs(got - expected))
     value_range = float(arr.max() - arr.min())
-    assert np.median(errors) <= 0.05 * value_range, (np.median(errors), value_range, errors)
+    measured = {"points": len(errors), "median_abs_error": float(np.median(errors)),
+                "max_abs_error": float(np.max(errors)), "intensity_range": value_range,
+                "median_error_percent_of_range": float(100 * np.median(errors) / value_range),
+                "obliquity_degrees": float(layer.metadata["display"]["obliquity_degrees"]),
+                "affine_linear": layer.affine.affine_matrix[:3, :3].round(6).tolist()}
+    (artifacts / "no_eye_check_stroke_T1.json").write_text(json.dumps(measured, indent=1))
+    assert np.median(errors) <= 0.05 * value_range, measured
     # detection gets the original voxels and geometry, not the display copy
     volume = volume_from_image_layer(layer.data, layer.metadata, layer.affine.affine_matrix)
     original = read_volume(path)
@@ -162,3 +170,79 @@ def test_multi_echo_dicom_cancelled_says_so(make_napari_viewer, shared_data, mon
     monkeypatch.setattr(_reader, "ask_series", lambda path, choices: None)
     with pytest.raises(DGLandmarkError, match="4 3D volumes and none was chosen"):
         _reader.read_volume_layer(str(shared_data / MULTI_ECHO))
+
+
+# -- the README's screenshots, each with the check that makes it worth showing ----------------------------
+def test_stroke_t1_three_planes_with_ac_on_the_anatomy(launched, qtbot, shared_data, docs_dir):
+    """The oblique stroke scan, detected with the bundled model: AC sits on brain tissue in all three planes
+    (napari draws there what SimpleITK reads there), shown axial + coronal + sagittal."""
+    from napari_dglandmark._widgets.detect import DetectWidget
+    from napari_dglandmark._widgets.table import LandmarkTableWidget
+
+    path = shared_data / STROKE
+    viewer = launched
+    viewer.open(str(path), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: "afids_t1w" not in viewer.layers, timeout=5000)  # the sample retires
+    image = viewer.layers["stroke_T1"]
+    detect = dock(viewer, DetectWidget)
+    with qtbot.waitSignal(detect.finished, timeout=600_000) as blocker:
+        detect.detect()
+    layer = blocker.args[0]
+    assert layer is not None, detect.status.text()
+    ac = layer.data[list(layer.features["landmark"]).index("AC")]
+    sitk_image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(sitk_image)
+    tissue = float(np.percentile(arr[arr > 0], 25))  # brain-extracted: the lower quartile of the brain
+    value_range = float(arr.max() - arr.min())
+    expected = sitk_image.EvaluateAtPhysicalPoint([float(v) for v in world_to_lps(ac)], sitk.sitkLinear)
+    assert expected > tissue, (expected, tissue)  # the model put AC in the brain
+    for plane in ("axial", "coronal", "sagittal"):
+        shown = shown_value(viewer, image, ac, plane)
+        assert shown > tissue and abs(shown - expected) <= 0.05 * value_range, (plane, shown, expected)
+    table = dock(viewer, LandmarkTableWidget)
+    table.select_landmark("AC")
+    widget = table.show_three_planes()
+    qtbot.wait(300)
+    for view in widget.views.values():
+        np.testing.assert_allclose(view.model.dims.point, ac, atol=1.01)
+    layer.selected_data = set()
+    qtbot.wait(100)
+    viewer.screenshot(str(docs_dir / "napari_stroke_three_planes.png"), canvas_only=False)
+    widget.close_views()
+    viewer.window.remove_dock_widget(widget)
+
+
+def test_dicom_series_chooser_in_the_window(launched, qtbot, shared_data, docs_dir):
+    """The real dialog over the napari window: four echoes listed, the third chosen and opened."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dglandmark._widgets.series import SeriesChooser
+
+    folder = shared_data / MULTI_ECHO
+    seen: dict = {}
+
+    def answer() -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, SeriesChooser):
+            QTimer.singleShot(100, answer)
+            return
+        try:
+            seen["rows"] = [dialog.list.item(r).text() for r in range(dialog.list.count())]
+            dialog.list.setCurrentRow(2)
+            QApplication.processEvents()
+            shot = QApplication.primaryScreen().grabWindow(0)
+            seen["saved"] = shot.copy(0, 0, 1600, 1000).save(str(docs_dir / "napari_dicom_series_chooser.png"))
+            seen["id"] = dialog.ids[2]
+        finally:
+            dialog.accept()
+
+    QTimer.singleShot(100, answer)
+    viewer = launched
+    viewer.open(str(folder), plugin=PLUGIN)
+    assert len(seen["rows"]) == 4 and seen["saved"]
+    layer = next(lay for lay in viewer.layers if "series" in (lay.metadata or {}))
+    assert layer.metadata["series"] == seen["id"] and "echo 2" in layer.name
+    expected = read_volume(folder, seen["id"])
+    volume = volume_from_image_layer(layer.data, layer.metadata, layer.affine.affine_matrix)
+    assert np.array_equal(volume.array, expected.array)

@@ -25,7 +25,7 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.layers import SYMBOL_NORMAL, SYMBOL_REVIEW, landmark_colors, points_layer_data
 from napari_dglandmark.protocols import load_protocol
 
-from .conftest import PLUGIN
+from .conftest import PLUGIN, dock
 
 pytestmark = pytest.mark.napari
 #: three landmarks the "model" is unsure of (AC's protocol colour is red: the old red ring vanished on it)
@@ -49,10 +49,6 @@ def _add_prediction(viewer):
     return viewer.add_points(data, **kwargs)
 
 
-def _dock(viewer, kind):
-    return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, kind))
-
-
 def _cells(table: LandmarkTableWidget, name: str) -> dict[str, str]:
     r = table.row_names().index(name)
     return {c: table.table.item(r, k).text() for k, c in enumerate(COLUMNS)}
@@ -60,17 +56,6 @@ def _cells(table: LandmarkTableWidget, name: str) -> dict[str, str]:
 
 def _idx(layer, name: str) -> int:
     return list(layer.features["landmark"]).index(name)
-
-
-@pytest.fixture
-def launched(make_napari_viewer, qtbot):
-    """The README's launch: sample + docks at 1600x1000, shown (geometry needs a real window)."""
-    from napari_dglandmark.launch import setup_viewer
-
-    viewer = setup_viewer(make_napari_viewer(show=True))
-    qtbot.waitExposed(viewer.window._qt_window)
-    qtbot.wait(200)
-    return viewer
 
 
 def _rows_fully_visible(view) -> int:
@@ -96,7 +81,7 @@ def test_launch_layout_shows_12_rows_every_column_and_every_measurement(launched
     viewer = launched
     win = viewer.window._qt_window
     assert (win.width(), win.height()) == (1600, 1000)
-    table, meas = _dock(viewer, LandmarkTableWidget), _dock(viewer, MeasurementsWidget)
+    table, meas = dock(viewer, LandmarkTableWidget), dock(viewer, MeasurementsWidget)
     view = table.table
     assert view.rowCount() == 32
     visible = _rows_fully_visible(view)
@@ -127,7 +112,7 @@ def test_closing_a_corrected_layer_asks_to_export(launched, qtbot, _no_dialogs, 
     viewer = launched
     layer = viewer.layers["afids_t1w landmarks"]
     viewer.layers.selection.active = layer
-    table = _dock(viewer, LandmarkTableWidget)
+    table = dock(viewer, LandmarkTableWidget)
     assert table.corrector is not None and table.corrector.layer is layer  # the real layer, not a proxy
     data = layer.data.copy()
     data[_idx(layer, "PC")] += [0.0, 2.0, 0.0]
@@ -160,7 +145,7 @@ def test_closing_an_untouched_layer_does_not_ask(launched, _no_dialogs):
 # -- 2: the Detect image choice -----------------------------------------------------------------
 def test_detect_image_choice_follows_the_newest_image_renames_and_removal(launched, qtbot):
     viewer = launched
-    detect = _dock(viewer, DetectWidget)
+    detect = dock(viewer, DetectWidget)
     assert detect.image_layer() is viewer.layers["afids_t1w"]
     # a user's scan (here the same file through the reader, not the sample): it becomes the choice
     viewer.open(str(SAMPLE_VOLUME), plugin=PLUGIN)
@@ -207,7 +192,7 @@ def test_review_queue(launched, qtbot, docs_dir, _no_dialogs):
     viewer = launched
     viewer.layers.remove(viewer.layers["afids_t1w landmarks"])
     layer = _add_prediction(viewer)
-    table = _dock(viewer, LandmarkTableWidget)
+    table = dock(viewer, LandmarkTableWidget)
     assert table.layer is layer
     corrector = table.corrector
     assert table.counter.text() == "0 of 32 verified, 3 need review"
@@ -215,6 +200,7 @@ def test_review_queue(launched, qtbot, docs_dir, _no_dialogs):
     # worst first: the three flagged ones, lowest confidence first
     table.worst_first.setChecked(True)
     assert table.row_names()[:3] == ["culmen", "AC", "R superior LMS"]
+    table.worst_first.setChecked(False)  # N down the worst-first rows: test_review_real
     # N goes to the next landmark that still needs review (from the top: AC, row order of the protocol)
     corrector.next()
     assert corrector.current == "AC" and table.selected_name() == "AC"
@@ -314,7 +300,7 @@ def test_orientation_letters_follow_the_plane(sample_viewer, qtbot):
 
 def test_three_planes_centred_on_the_selected_landmark(launched, qtbot, docs_dir):
     viewer = launched
-    table = _dock(viewer, LandmarkTableWidget)
+    table = dock(viewer, LandmarkTableWidget)
     layer = viewer.layers["afids_t1w landmarks"]
     table.select_landmark("PC")
     widget = table.show_three_planes()
@@ -427,7 +413,7 @@ def test_chest_ct_gets_a_persistent_warning_banner(make_napari_viewer, qtbot, sh
     viewer = setup_viewer(make_napari_viewer(show=True))
     qtbot.waitExposed(viewer.window._qt_window)
     viewer.open(str(shared_data / "slicerio-ct" / "CTChest4.nrrd"), plugin=PLUGIN)
-    detect, table = _dock(viewer, DetectWidget), _dock(viewer, LandmarkTableWidget)
+    detect, table = dock(viewer, DetectWidget), dock(viewer, LandmarkTableWidget)
     assert detect.image_combo.currentText() == "CTChest4"
     qtbot.waitUntil(lambda: "afids_t1w" not in viewer.layers, timeout=3000)  # the sample left
     with qtbot.waitSignal(detect.finished, timeout=300_000) as blocker:
