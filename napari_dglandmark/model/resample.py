@@ -34,15 +34,17 @@ def grid_around(center_lps: Sequence[float], spacing: float | Sequence[float], s
                     origin=tuple(origin.tolist()), direction=d)
 
 
-def index_map(source: Geometry, grid: Geometry, transform: np.ndarray | None = None) -> np.ndarray:
+def index_map(source: Geometry | np.ndarray, grid: Geometry, transform: np.ndarray | None = None) -> np.ndarray:
     """4x4 affine: grid voxel index -> source voxel index, through physical space.
 
     ``transform`` (4x4, physical LPS -> physical LPS) moves where each grid voxel samples the source.
+    ``source`` may also be its physical -> index matrix already inverted (many grids on one source).
     """
     to_phys = grid.index_to_physical_matrix()
     if transform is not None:
         to_phys = np.asarray(transform, dtype=float) @ to_phys
-    return np.linalg.inv(source.index_to_physical_matrix()) @ to_phys
+    to_index = np.linalg.inv(source.index_to_physical_matrix()) if isinstance(source, Geometry) else source
+    return to_index @ to_phys
 
 
 # ----------------------------------------------------------------------------- numpy (inference)
@@ -115,8 +117,9 @@ def resample_array(image: np.ndarray, source: Geometry, grid: Geometry | Sequenc
     flat = np.ascontiguousarray(image, dtype=np.float32).reshape(-1)
     blocks = _grid_index_blocks(tuple(shape))
     out = np.empty((len(grids), int(np.prod(shape))), np.float32)
+    to_index = np.linalg.inv(source.index_to_physical_matrix())
     for b, (g, t) in enumerate(zip(grids, transforms, strict=True)):
-        to_source = index_map(source, g, t)[2::-1]  # rows (k, j, i) of grid index -> source index
+        to_source = index_map(to_index, g, t)[2::-1]  # rows (k, j, i) of grid index -> source index
         start = 0
         for block in blocks:
             stop = start + block.shape[1]

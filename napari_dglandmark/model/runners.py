@@ -11,6 +11,7 @@ torch networks on any device (CUDA with mixed precision, and a CPU fallback on o
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -42,11 +43,27 @@ class StaleExport(Exception):
     """An ONNX export that does not belong to the checkpoint (other weights, other grid) or cannot be read."""
 
 
+@functools.cache
+def _shared_arena() -> bool:
+    """Register (once per process) one CPU memory arena for every detection session that grows by what
+    is asked, not by powers of two; False when this ONNX Runtime cannot (each session keeps its own)."""
+    import onnxruntime as ort
+
+    try:
+        config = ort.OrtArenaCfg(0, 1, -1, -1)  # no limit, kSameAsRequested, default chunk and dead bytes
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, config)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
 def session_options(threads: int = 0):
     """ONNX Runtime settings for detection: full graph optimisation, ``threads`` intra-op threads
     (0: one per physical core) that stop spinning when a run ends (a spinning thread would take a core
-    from the numpy work between network runs), and no memory arena (activation buffers are returned
-    after each run instead of being kept per network: lower peak memory)."""
+    from the numpy work between network runs), and one memory arena shared by the coarse and fine
+    networks (:func:`_shared_arena`): buffers are reused from run to run (without an arena every run
+    maps and zeroes them afresh), and peak memory is ~100 MB lower than with an arena per session."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -54,8 +71,9 @@ def session_options(threads: int = 0):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = max(0, int(threads))
     options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    if _shared_arena():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = 3  # ONNX Runtime's own warnings would be extra stderr lines
     return options
 
