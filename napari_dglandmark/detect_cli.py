@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ class _NoBar:
     def __init__(self, items: list[str]) -> None:
         self.items = items
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.items)
 
     @staticmethod

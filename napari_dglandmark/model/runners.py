@@ -23,6 +23,7 @@ from .onnx_export import INPUT, SHA_KEY, SIZE_KEY, STAGES, cache_folder, export_
 from .registry import ModelInfo, choose_backend, is_bundled
 
 if TYPE_CHECKING:
+    import onnxruntime
     import torch
 
 
@@ -58,7 +59,7 @@ def _shared_arena() -> bool:
     return True
 
 
-def session_options(threads: int = 0):
+def session_options(threads: int = 0) -> onnxruntime.SessionOptions:
     """ONNX Runtime settings for detection: full graph optimisation, ``threads`` intra-op threads
     (0: one per physical core) that stop spinning when a run ends (a spinning thread would take a core
     from the numpy work between network runs), and one memory arena shared by the coarse and fine
