@@ -234,10 +234,12 @@ class PlaneView(QWidget):
             dst.border_width_is_relative = src.border_width_is_relative
             dst.symbol = src.symbol
         dst.size = src.size
-        # small canvases: only the selected landmark is labelled (midline names would pile up)
+        # small canvases: only the selected landmark is labelled (midline names would pile up), centred above
+        # its point (superior is up in coronal and sagittal): a long name beside a centred point was cut off
         labels = [str(v) if i in src.selected_data else "" for i, v in enumerate(src.features["landmark"])]
+        above = 1.5 * float(np.max(src.size)) if len(src.data) else 6.0
         dst.text = {"string": {"array": labels, "default": ""}, "color": "white", "size": 9,
-                    "anchor": "upper_left"}
+                    "anchor": "center", "translation": [above, 0.0, 0.0]}
 
     def follow(self, event: Any = None) -> None:
         """Same slice position as the main viewer, centred on it."""

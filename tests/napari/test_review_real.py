@@ -375,3 +375,25 @@ def test_3d_review_screenshot(launched, qtbot, docs_dir):
     assert str(layer.symbol[star]) == SYMBOL_REVIEW and layer.size[star] > layer.size[_idx(layer, "PC")]
     viewer.screenshot(str(docs_dir / "napari_3d_review.png"), canvas_only=False)
     viewer.dims.ndisplay = 2
+
+
+def test_three_plane_labels_fit_their_canvas(launched, qtbot):
+    """The longest AFIDs name, selected, is centred above its point and fits the small canvas."""
+    from qtpy.QtGui import QFont, QFontMetrics
+
+    viewer = launched
+    table = dock(viewer, LandmarkTableWidget)
+    name = "superior interpeduncular fossa"
+    table.select_landmark(name)
+    widget = table.show_three_planes()
+    qtbot.wait(100)
+    for view in widget.views.values():
+        copy = next(lay for lay in view.model.layers if lay.name == "afids_t1w landmarks")
+        assert [v for v in copy.text.string.array if v] == [name]
+        assert str(copy.text.anchor) == "center" and copy.text.translation[0] > 0  # above the point
+        font = QFont()
+        font.setPointSizeF(copy.text.size)
+        width = QFontMetrics(font).horizontalAdvance(name)
+        assert width < view.qt_viewer.canvas.native.width(), (width, view.qt_viewer.canvas.native.width())
+    widget.close_views()
+    viewer.window.remove_dock_widget(widget)
