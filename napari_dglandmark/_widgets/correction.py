@@ -137,7 +137,12 @@ def _review_key(viewer: Any, method: str) -> None:
         _show("info", NO_LANDMARKS_HINT)
         return
     viewer.layers.selection.active = layer
-    getattr(corrector_for(layer, viewer), method)()
+    try:
+        corrector = corrector_for(layer, viewer)
+    except DGLandmarkError as exc:  # a landmark layer the review cannot read (e.g. an unnamed point)
+        _show("warning", str(exc))
+        return
+    getattr(corrector, method)()
 
 
 class Corrector:

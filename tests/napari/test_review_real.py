@@ -397,3 +397,19 @@ def test_three_plane_labels_fit_their_canvas(launched, qtbot):
         assert width < view.qt_viewer.canvas.native.width(), (width, view.qt_viewer.canvas.native.width())
     widget.close_views()
     viewer.window.remove_dock_widget(widget)
+
+
+def test_review_key_on_an_unreadable_landmark_layer_is_one_warning(make_napari_viewer, qtbot, monkeypatch):
+    import napari.utils.notifications as notifications
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(SAMPLE_VOLUME), plugin=PLUGIN)
+    viewer.add_points(np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]), features={"landmark": ["AC", ""]},
+                      name="half named")
+    correction.bind_review_keys(viewer)
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(str(msg)))
+    viewer.layers.selection.active = viewer.layers[0]
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_N)
+    assert len(shown) == 1 and "name" in shown[0].lower(), shown
