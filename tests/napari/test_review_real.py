@@ -140,19 +140,31 @@ def test_autosave_only_corrections_are_offered_not_silently_restored(make_napari
 
 
 # -- a detection that is not plausible -----------------------------------------------------------------------
-def test_implausible_detection_warns_with_a_banner(launched, qtbot, shared_data):
-    """The bundled model on the head-and-neck T1 (every landmark flagged, confidence <= 0.03): warning + banner."""
+def test_implausible_detection_warns_with_a_banner(launched, qtbot, shared_data, monkeypatch):
+    """Detect on the real head-and-neck T1 with a detection where the model flagged every landmark (as the
+    earlier bundled model did there; stubbed, so a retrained model does not change the test): warning + banner."""
+    from napari_dglandmark._widgets import detect as detect_module
+    from napari_dglandmark.layers import implausible_detection_warning
+
+    unsure = read_landmarks(SAMPLE_LANDMARKS)
+    unsure.status = ["predicted"] * len(unsure)
+    unsure.confidence = np.full(len(unsure), 0.03)
+    monkeypatch.setattr(detect_module, "_run_detection", lambda *args, **kwargs: ("ok", unsure.copy(), INFO))
     launched.open(str(shared_data / "real-unlabelled" / "T1_head_neck_1.6mm.nii.gz"), plugin=PLUGIN)
     detect = dock(launched, DetectWidget)
     table = dock(launched, LandmarkTableWidget)
-    with qtbot.waitSignal(detect.finished, timeout=180_000) as blocker:
+    with qtbot.waitSignal(detect.finished, timeout=60_000) as blocker:
         detect.detect()
     layer = blocker.args[0]
-    assert layer is not None
-    assert "flagged every landmark (32 of 32" in layer.metadata["image_warning"]
+    assert layer is not None and layer.metadata["image"].endswith("T1_head_neck_1.6mm.nii.gz")
+    assert "flagged every landmark (32 of 32, confidence at most 0.03" in layer.metadata["image_warning"]
     qtbot.waitUntil(lambda: table.layer is layer, timeout=3000)
     assert table.banner.isVisible() and "flagged every landmark" in table.banner.text()
     assert "Warning" in detect.status.text()
+    # a detection with confident landmarks gets no such warning
+    sure = unsure.copy()
+    sure.confidence[:] = 0.9
+    assert implausible_detection_warning(sure) == ""
 
 
 # -- 5: reviewed means reviewed, in every file the viewer exports -----------------------------------------
