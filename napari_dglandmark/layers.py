@@ -46,6 +46,9 @@ BORDER_WIDTH_LOW_CONFIDENCE = 0.06
 #: a star covers about a third of the disc of the same size: flagged points are drawn this much larger
 REVIEW_SIZE_SCALE = 1.5
 POINT_SIZE = 4.0  # mm
+#: the smallest a landmark marker is drawn in the small coronal/sagittal canvases (pixels; 3-4 px were specks).
+#: Not on the main canvas: there a point beside the slice is drawn shrunk, and a floor would make it look on it
+MIN_MARKER_PX = 9
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 _REVERSE = np.array([2, 1, 0])
 

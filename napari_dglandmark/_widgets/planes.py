@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from ..layers import KIND_KEY, PLANES, orientation_label_points
+from ..layers import KIND_KEY, MIN_MARKER_PX, PLANES, orientation_label_points
 from . import unwrap
 
 ORIENTATION_NAME = "orientation"
 LETTER_COLOR = "#ffd54a"
 PLANES_DOCK = "Coronal and sagittal"
-#: the smallest a landmark marker is drawn in the small coronal/sagittal canvases (pixels; 3-4 px were specks)
-MIN_MARKER_PX = 9
 
 
 def _camera(viewer: Any) -> Any:

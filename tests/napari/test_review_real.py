@@ -16,11 +16,11 @@ from napari_dglandmark import session as S
 from napari_dglandmark._sample_data import SAMPLE_LANDMARKS, SAMPLE_VOLUME
 from napari_dglandmark._widgets import correction
 from napari_dglandmark._widgets.detect import KEEP, NEW_LAYER, REPLACE, DetectWidget
-from napari_dglandmark._widgets.planes import MIN_MARKER_PX, ORIENTATION_NAME
+from napari_dglandmark._widgets.planes import ORIENTATION_NAME
 from napari_dglandmark._widgets.table import LandmarkTableWidget
 from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.io.markups_json import REVIEW_NOTE
-from napari_dglandmark.layers import SYMBOL_NORMAL, SYMBOL_REVIEW
+from napari_dglandmark.layers import MIN_MARKER_PX, SYMBOL_NORMAL, SYMBOL_REVIEW
 
 from .conftest import PLUGIN, dock
 from .test_review import _add_prediction, _idx
