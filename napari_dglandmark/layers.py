@@ -318,7 +318,7 @@ def points_layer_data(landmarks: Landmarks, protocol: Protocol | str | None = No
             "landmark_names": list(landmarks.names),
             "descriptions": dict(zip(landmarks.names, landmarks.descriptions, strict=True)),
             "needs_review": {n: bool(f) for n, f in zip(landmarks.names, flags, strict=True)},
-            "image_warning": str(getattr(landmarks, "image_warning", "") or ""),
+            "image_warning": landmarks.image_warning,
         },
     }
     return lps_to_world(landmarks.positions[idx]).reshape(-1, 3), kwargs, "points"

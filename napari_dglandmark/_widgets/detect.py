@@ -337,7 +337,7 @@ class DetectWidget(WorkerRun, QWidget):
         name = landmark_layer_name(image_layer.name, info.name)
         image_path = image_layer.metadata.get("path") or volume.path
         landmarks.image = image_path
-        warning = str(getattr(landmarks, "image_warning", "") or "") or implausible_detection_warning(landmarks)
+        warning = landmarks.image_warning or implausible_detection_warning(landmarks)
         landmarks.image_warning = warning
         session = CorrectionSession(landmarks, image=image_path, model=info.name, model_sha256=info.sha256,
                                     protocol=info.protocol or None)
