@@ -122,6 +122,13 @@ def time_group(out: Path) -> dict:
                                          if r.snapshot) / 1024, 1)}
 
 
+def busy(run: dict) -> str:
+    """What the load average says about the timings: other work shared the cores, or it did not."""
+    if max(run["loadavg_before"][0], run["loadavg_after"][0]) > 1.0:
+        return "other work shared the cores: times are slower than on an idle machine"
+    return "an otherwise idle machine"
+
+
 def write_markdown(result: dict, path: Path) -> None:
     run = result["participant"]
     rows = "\n".join(f"| {s['images']} | {s['peak_rss_mib']:.0f} | {s['rss_mib']:.0f} | {s['elapsed_s']:.0f} |"
@@ -131,8 +138,8 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text(f"""# BIDS App scaling ({result['date']}, {result['machine']})
 
 `{run['command']}` on {result['participants']} participants, each one 2 mm IXI T1w head (symlinks to
-`shared/data/real-heads-ixi`), {result['cpus']} CPU cores shared with a training run
-(load average {run['loadavg_before'][0]} before, {run['loadavg_after'][0]} after): times are slower than on an idle machine.
+`shared/data/real-heads-ixi`), {result['cpus']} CPU cores, load average {run['loadavg_before'][0]} before and
+{run['loadavg_after'][0]} after ({busy(run)}).
 
 Peak resident memory of the one process after n participants (the run of n participants is the first n images
 of this run: same order). Model loaded, before the first image: {run['peak_rss_after_model_load_mib']} MiB.
