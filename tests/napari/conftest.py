@@ -78,3 +78,15 @@ def launched(make_napari_viewer, qtbot):
     qtbot.waitExposed(viewer.window._qt_window)
     qtbot.wait(200)
     return viewer
+
+
+def selected_in_3d(viewer, qtbot, name: str):
+    """(the sample's landmark layer, the landmark table) with ``name`` selected there, shown in 3D."""
+    from napari_dglandmark._widgets.table import LandmarkTableWidget
+
+    layer = viewer.layers[1]
+    table = LandmarkTableWidget(viewer)
+    qtbot.addWidget(table)
+    table.select_landmark(name)
+    viewer.dims.ndisplay = 3
+    return layer, table

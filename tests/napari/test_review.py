@@ -25,7 +25,7 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.layers import SYMBOL_NORMAL, SYMBOL_REVIEW, landmark_colors, points_layer_data
 from napari_dglandmark.protocols import load_protocol
 
-from .conftest import PLUGIN, dock
+from .conftest import PLUGIN, dock, selected_in_3d
 
 pytestmark = pytest.mark.napari
 #: three landmarks the "model" is unsure of (AC's protocol colour is red: the old red ring vanished on it)
@@ -261,11 +261,7 @@ def test_a_hand_placed_landmark_has_no_confidence_and_says_who_placed_it(make_na
 
 # -- 6: 3D labels -------------------------------------------------------------------------------
 def test_3d_view_labels_only_the_selected_landmark(sample_viewer, qtbot):
-    layer = sample_viewer.layers[1]
-    table = LandmarkTableWidget(sample_viewer)
-    qtbot.addWidget(table)
-    table.select_landmark("PC")
-    sample_viewer.dims.ndisplay = 3
+    layer, table = selected_in_3d(sample_viewer, qtbot, "PC")
     labels = list(layer.text.string.array)
     assert [v for v in labels if v] == ["PC"] and len(labels) == 32
     table.select_landmark("AC")

@@ -22,7 +22,7 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.io.markups_json import REVIEW_NOTE
 from napari_dglandmark.layers import MIN_MARKER_PX, SYMBOL_NORMAL, SYMBOL_REVIEW
 
-from .conftest import PLUGIN, dock
+from .conftest import PLUGIN, dock, selected_in_3d
 from .test_review import _add_prediction, _idx
 
 pytestmark = pytest.mark.napari
@@ -224,11 +224,7 @@ def test_3d_flagged_star_shows_as_much_colour_as_a_disc(make_napari_viewer, qtbo
 def test_3d_selected_label_contrasts_with_a_bright_rendering(sample_viewer, qtbot):
     from napari_dglandmark._widgets.correction import LABEL_COLOR_3D
 
-    layer = sample_viewer.layers[1]
-    table = LandmarkTableWidget(sample_viewer)
-    qtbot.addWidget(table)
-    table.select_landmark("AC")
-    sample_viewer.dims.ndisplay = 3
+    layer, _ = selected_in_3d(sample_viewer, qtbot, "AC")
     colour = np.asarray(layer.text.color.constant if hasattr(layer.text.color, "constant")
                         else layer.text.color, dtype=float)[:3]
     np.testing.assert_allclose(colour, np.asarray(_rgb(LABEL_COLOR_3D)), atol=1e-6)
