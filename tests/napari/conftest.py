@@ -90,3 +90,19 @@ def selected_in_3d(viewer, qtbot, name: str):
     table.select_landmark(name)
     viewer.dims.ndisplay = 3
     return layer, table
+
+
+def autosave_sample_correction(model: str = "tiny"):
+    """An autosave (sidecar) of the sample's landmarks for ``model`` with PC corrected by (1, 2, 3) mm;
+    returns the sample's landmarks as detected (before the correction)."""
+    from napari_dglandmark import session
+    from napari_dglandmark.io import read_landmarks
+
+    lms = read_landmarks(SAMPLE_LANDMARKS)
+    lms.image = str(SAMPLE_VOLUME)
+    saved = session.CorrectionSession(lms, model=model, protocol="afids32")
+    moved = lms.copy()
+    moved.positions[moved.index_of("PC")] += [1.0, 2.0, 3.0]
+    saved.edit(moved)
+    session.save_sidecar(saved)
+    return lms

@@ -25,7 +25,7 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.layers import SYMBOL_NORMAL, SYMBOL_REVIEW, landmark_colors, points_layer_data
 from napari_dglandmark.protocols import load_protocol
 
-from .conftest import PLUGIN, dock, selected_in_3d
+from .conftest import PLUGIN, autosave_sample_correction, dock, selected_in_3d
 
 pytestmark = pytest.mark.napari
 #: three landmarks the "model" is unsure of (AC's protocol colour is red: the old red ring vanished on it)
@@ -343,13 +343,7 @@ def test_autosave_only_after_an_edit_in_the_user_folder(sample_viewer, qtbot, tm
 
 
 def test_restore_is_asked_once_per_image_and_model(make_napari_viewer, qtbot, monkeypatch, _no_dialogs):
-    lms = read_landmarks(SAMPLE_LANDMARKS)
-    lms.image = str(SAMPLE_VOLUME)
-    saved = S.CorrectionSession(lms, model="tiny", protocol="afids32")
-    moved = lms.copy()
-    moved.positions[moved.index_of("PC")] += [1.0, 2.0, 3.0]
-    saved.edit(moved)
-    S.save_sidecar(saved)
+    lms = autosave_sample_correction()
     # an unedited entry (written by an older version after a bare detection) is never offered
     S.save_sidecar(S.CorrectionSession(lms, model="other", protocol="afids32"))
     viewer = make_napari_viewer()

@@ -22,7 +22,7 @@ from napari_dglandmark.io import read_landmarks, read_volume
 from napari_dglandmark.io.markups_json import REVIEW_NOTE
 from napari_dglandmark.layers import MIN_MARKER_PX, SYMBOL_NORMAL, SYMBOL_REVIEW
 
-from .conftest import PLUGIN, dock, selected_in_3d
+from .conftest import PLUGIN, autosave_sample_correction, dock, selected_in_3d
 from .test_review import _add_prediction, _idx
 
 pytestmark = pytest.mark.napari
@@ -118,13 +118,7 @@ def test_detect_on_corrected_image_asks_one_clear_choice(make_napari_viewer, qtb
 
 
 def test_autosave_only_corrections_are_offered_not_silently_restored(make_napari_viewer, qtbot, _no_dialogs):
-    lms = read_landmarks(SAMPLE_LANDMARKS)
-    lms.image = str(SAMPLE_VOLUME)
-    saved = S.CorrectionSession(lms, model="tiny", protocol="afids32")
-    moved = lms.copy()
-    moved.positions[moved.index_of("PC")] += [1.0, 2.0, 3.0]
-    saved.edit(moved)
-    S.save_sidecar(saved)
+    autosave_sample_correction()
     viewer = make_napari_viewer()
     viewer.add_image(read_volume(SAMPLE_VOLUME).array, name="afids_t1w_2mm", metadata={
         "dglandmark_kind": "volume", "path": str(SAMPLE_VOLUME), "spacing": (2.0, 2.0, 2.0),
