@@ -134,15 +134,15 @@ def label_head_cases(split: str):
     from real_heads import rendered  # benchmarks/real_heads.py: this script's folder is first on sys.path
 
     from training.data import default_cache_dir
-    from training.real_heads import held_out, load_heads
+    from training.real_heads import head_names, held_out, load_heads
 
     folder = default_cache_dir() / "real-heads"
     if not folder.is_dir():
         return
-    heads = load_heads(folder)
-    keep_out = held_out([h.name for h, _ in heads])
-    chosen = [h for h in heads if (h[0].name in keep_out) == (split == "held-out")][: None if split == "held-out" else 4]
-    for k, (head, truth) in enumerate(chosen):
+    names = head_names(folder)
+    keep_out = held_out(names)
+    chosen = [n for n in names if (n in keep_out) == (split == "held-out")][: None if split == "held-out" else 4]
+    for k, (head, truth) in enumerate(load_heads(folder, chosen)):
         for contrast, spacing in (("T1-like", 1.0), ("T2-like", 2.0)):
             volume = rendered(head, contrast, spacing, seed=300 + k + (0 if split == "held-out" else 50))
             yield f"{head.name} {contrast} {spacing:g} mm", "real head", volume, truth

@@ -34,7 +34,7 @@ from napari_dglandmark.model.shape import robust_similarity
 from napari_dglandmark.protocols import load_protocol
 from napari_dglandmark.sample import SAMPLE_VOLUME
 from training.data import default_cache_dir
-from training.real_heads import BRAIN_CLASSES, T1_LIKE, held_out, load_heads
+from training.real_heads import BRAIN_CLASSES, T1_LIKE, head_names, held_out, load_heads
 from training.shapes import read_subjects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,13 +131,12 @@ def run(model: str, out: Path, heads_dir: Path) -> dict:
     for path in sorted((DATA / "real-heads-ixi").glob("*.nii.gz")):
         detect("IXI T1w with neck (2 mm)", path.name.split("_")[0], read_volume(path))
     if heads_dir.is_dir():
-        heads = load_heads(heads_dir)
-        keep_out = held_out([h.name for h, _ in heads])
+        keep_out = held_out(head_names(heads_dir))
         checks = sorted(heads_dir.glob("transfer_check*.json"))  # scripts/make_real_heads.py --check N
         if checks:
             summary = json.loads(checks[-1].read_text())
             results["transfer_error_on_exact_warps"] = {k: summary[k] for k in ("mre_mm", "median_mm", "p90_mm")}
-        for k, (head, truth) in enumerate(h for h in heads if h[0].name in keep_out):
+        for k, (head, truth) in enumerate(load_heads(heads_dir, sorted(keep_out))):
             for contrast in ("T1-like", "T2-like"):
                 for spacing in (1.0, 2.0):
                     volume = rendered(head, contrast, spacing, seed=100 + k)

@@ -196,15 +196,19 @@ def save_head(folder: Path, head: LabelHead, landmarks: Landmarks, report: dict)
     write_text_atomic(report_path, json.dumps(report, indent=1))
 
 
+def head_names(folder: Path) -> list[str]:
+    """The names of the prepared heads in ``folder``, sorted, without reading them."""
+    return sorted(p.name[: -len(".afids.json")].replace("__", "/") for p in folder.glob("*.afids.json"))
+
+
 def load_heads(folder: Path, names: Sequence[str] | None = None) -> list[tuple[LabelHead, Landmarks]]:
     """The prepared heads in ``folder`` (all, or those named), with their transferred landmarks."""
     out = []
-    for afids_path in sorted(folder.glob("*.afids.json")):
-        name = afids_path.name[: -len(".afids.json")].replace("__", "/")
+    for name in head_names(folder):
         if names is not None and name not in names:
             continue
+        labels_path, afids_path, _ = head_paths(folder, name)
         data = json.loads(afids_path.read_text())
-        labels_path = afids_path.with_name(afids_path.name.replace(".afids.json", ".labels.nii.gz"))
         vol = read_volume(labels_path)
         head = LabelHead(name, np.rint(vol.array).astype(np.uint8), vol.geometry, data["source"])
         out.append((head, Landmarks(data["names"], np.asarray(data["lps"], float))))

@@ -40,7 +40,7 @@ def build_cases(recipe: Recipe, data: Path, detector: DetectorRecipe, log: Calla
         list[Case], list[Case], dict]:
     """(template cases, label-map head cases, what was used) for ``recipe`` from the shared ``data``."""
     from .dg_data import afids_tissue_labels, source_truth
-    from .real_heads import held_out, label_head_case, load_heads
+    from .real_heads import head_names, held_out, label_head_case, load_heads
     from .shapes import read_subjects, split_subjects, to_template_frame
 
     protocol = load_protocol(recipe.protocol)
@@ -58,11 +58,10 @@ def build_cases(recipe: Recipe, data: Path, detector: DetectorRecipe, log: Calla
     if folder is not None:
         if not folder.is_dir():
             raise DGLandmarkError("prepared label-map heads not found (run scripts/make_real_heads.py)", folder)
-        heads = load_heads(folder)
-        keep_out = held_out([h.name for h, _ in heads], recipe.sources.held_out_every)
-        chosen = [(h, lm) for h, lm in heads if h.name not in keep_out]
-        if recipe.sources.max_heads:
-            chosen = chosen[: recipe.sources.max_heads]
+        names = head_names(folder)
+        keep_out = held_out(names, recipe.sources.held_out_every)
+        trained = [n for n in names if n not in keep_out]
+        chosen = load_heads(folder, trained[: recipe.sources.max_heads or None])
         for head, landmarks in chosen:
             head_cases.append(label_head_case(head, landmarks, protocol.names, detector.pipeline))
         used["label_heads"] = {"folder": str(folder), "trained": [h.name for h, _ in chosen],
