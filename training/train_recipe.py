@@ -143,8 +143,10 @@ def combine_stage_runs(coarse_model: Path, fine_model: Path, out: Path) -> Path:
     recipes = [m.get("recipe", {}).get("sha256") for m in (meta, fine_meta)]
     if None in recipes or recipes[0] != recipes[1]:
         raise DGLandmarkError("the two runs were not trained by the same recipe file", fine_model)
+    for path, m, stage in ((coarse_model, meta, "coarse"), (fine_model, fine_meta, "fine")):
+        if m["recipe"].get("stages") != [stage]:
+            raise DGLandmarkError(f"not a --stages {stage} run (it trained {m['recipe'].get('stages')})", path)
     network.fine.load_state_dict(fine_network.fine.state_dict())
-    meta = {k: v for k, v in meta.items() if k not in ("architecture", "format_version", "created", "sha256")}
     training = dict(meta.get("training", {}))
     training["history"] = list(training.get("history", [])) + list(fine_meta.get("training", {}).get("history", []))
     meta["training"] = training

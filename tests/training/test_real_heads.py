@@ -234,6 +234,9 @@ def test_stages_run_side_by_side_combine_into_one_model(tmp_path):
     assert main(["finetune", "--recipe", str(recipe), "--out", str(tmp_path / "mixed"), "--combine",
                  str(tmp_path / "other" / "model.safetensors"), str(models["fine"])]) == 2
     assert read_metadata(models["fine"])["recipe"]["stages"] == ["fine"]
+    assert main(["finetune", "--recipe", str(recipe), "--out", str(tmp_path / "swapped"), "--combine",
+                 str(models["fine"]), str(models["coarse"])]) == 2  # each run must have trained its stage
+    assert not (tmp_path / "swapped" / "model.safetensors").exists()
 
 
 @pytest.mark.shared_data
